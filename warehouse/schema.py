@@ -1,0 +1,410 @@
+"""Table and view definitions, rendered as DDL for one node (chdb or a server) or a cluster.
+
+The write path, per event kind::
+
+    <kind>_in (Null)  ──mv: drop event_ids already seen──►  <kind> (ReplacingMergeTree, raw)
+                                                              ├─mv─► event_ids (EmbeddedRocksDB)
+                                                              ├─mv─► request_attrs / session_attrs
+                                                              └─mv─► rollup_hourly / sessions_hourly
+
+The sink inserts into the ``_in`` tables with an ``insert_deduplication_token``: a replayed
+batch is dropped whole by the token, and an event_id a producer sent twice (another offset,
+another batch) is dropped by the ``event_ids`` filter. Raw tables are ReplacingMergeTree keyed
+on ``event_id`` as a last guard, so ``FINAL`` reads are exact even if both guards were passed.
+
+Feedback and retries carry no model version: their rollup rows take it from the response they
+refer to (``request_attrs``, a key-value table joined by key lookup). Feedback whose response
+has not arrived yet is rolled up with an empty ``model_version`` (visible, not lost);
+:func:`warehouse.rebuild_rollups` recomputes the rollups from raw tables.
+
+In cluster mode every table is sharded by ``cityHash64(user_id)``, so a user's responses,
+feedback, retries and sessions, and the key-value lookups between them, live on one shard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["TABLES", "VIEWS", "Table", "View", "render_ddl"]
+
+DEDUP_WINDOW = 10_000
+"""Insert blocks remembered per table for token deduplication: covers the longest replay."""
+
+EVENT_ID_TTL_SECONDS = 30 * 86_400
+"""How long an event_id is remembered for producer-duplicate filtering."""
+
+_RESPONSE_COLUMNS = """
+    event_id String,
+    ts DateTime64(3, 'UTC'),
+    schema_version UInt8,
+    request_id String,
+    conversation_id String,
+    session_id String,
+    user_id String,
+    model_version LowCardinality(String),
+    variant LowCardinality(String),
+    turn_index UInt16,
+    prompt Nullable(String),
+    response Nullable(String),
+    prompt_tokens UInt32,
+    completion_tokens UInt32,
+    latency_ms Float32,
+    ttft_ms Nullable(Float32),
+    finish_reason LowCardinality(String),
+    refused Bool,
+    locale LowCardinality(String),
+    platform LowCardinality(String),
+    app_version LowCardinality(String),
+    user_tenure_days Nullable(UInt16),
+    cohort LowCardinality(String),
+    intent LowCardinality(String),
+    temperature Nullable(Float32),
+    max_tokens Nullable(UInt32),
+    opt_out Bool,
+    extra String"""
+
+_FEEDBACK_COLUMNS = """
+    event_id String,
+    ts DateTime64(3, 'UTC'),
+    schema_version UInt8,
+    request_id String,
+    user_id String,
+    rating Int8,
+    reason_tags Array(String),
+    comment Nullable(String),
+    extra String"""
+
+_RETRY_COLUMNS = """
+    event_id String,
+    ts DateTime64(3, 'UTC'),
+    schema_version UInt8,
+    request_id String,
+    new_request_id String,
+    kind LowCardinality(String),
+    user_id String,
+    extra String"""
+
+_SESSION_COLUMNS = """
+    event_id String,
+    ts DateTime64(3, 'UTC'),
+    schema_version UInt8,
+    type LowCardinality(String),
+    session_id String,
+    user_id String,
+    platform LowCardinality(String),
+    locale LowCardinality(String),
+    turns Nullable(UInt32),
+    seconds Nullable(Float64),
+    end_reason LowCardinality(String),
+    task_completed Nullable(Bool),
+    extra String"""
+
+_ROLLUP_DIMS = """
+    hour DateTime('UTC'),
+    model_version LowCardinality(String),
+    variant LowCardinality(String),
+    locale LowCardinality(String),
+    platform LowCardinality(String),
+    intent LowCardinality(String),
+    cohort LowCardinality(String)"""
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table: its columns and storage, independent of single-node or cluster rendering."""
+
+    name: str
+    columns: str
+    engine: str  # MergeTree family name without "Replicated", or Null / EmbeddedRocksDB(...)
+    order_by: str = ""
+    partition_by: str = ""
+    primary_key: str = ""
+    indexes: tuple[str, ...] = ()
+    dedup: bool = False
+    shard_key: str = "cityHash64(user_id)"
+
+    @property
+    def merge_tree(self) -> bool:
+        """Whether this is a MergeTree-family table (replicated in cluster mode)."""
+        return self.engine.endswith("MergeTree")
+
+
+@dataclass(frozen=True)
+class View:
+    """A materialized view from one table into another (both named without ``_local``)."""
+
+    name: str
+    source: str
+    target: str
+    select: str  # uses {source} and {target}-side table names via {t[name]}
+
+
+def _raw(name: str, columns: str, order_by: str, *, indexes: tuple[str, ...] = ()) -> list[Table]:
+    return [
+        Table(f"{name}_in", columns, "Null"),
+        Table(
+            name,
+            columns + ",\n    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)",
+            "ReplacingMergeTree",
+            order_by=order_by,
+            partition_by="toDate(ts)",
+            indexes=indexes,
+            dedup=True,
+        ),
+    ]
+
+
+TABLES: tuple[Table, ...] = (
+    *_raw(
+        "responses",
+        _RESPONSE_COLUMNS,
+        "(model_version, toStartOfHour(ts), event_id)",
+        indexes=("INDEX idx_request_id request_id TYPE bloom_filter GRANULARITY 4",),
+    ),
+    *_raw("feedback", _FEEDBACK_COLUMNS, "(toStartOfHour(ts), event_id)"),
+    *_raw("retries", _RETRY_COLUMNS, "(toStartOfHour(ts), event_id)"),
+    *_raw("sessions", _SESSION_COLUMNS, "(toStartOfHour(ts), event_id)"),
+    Table(
+        "event_ids",
+        "event_id String,\n    kind LowCardinality(String)",
+        f"EmbeddedRocksDB({EVENT_ID_TTL_SECONDS})",
+        primary_key="event_id",
+    ),
+    Table(
+        "request_attrs",
+        """
+    request_id String,
+    response_ts DateTime('UTC'),
+    model_version LowCardinality(String),
+    variant LowCardinality(String),
+    locale LowCardinality(String),
+    platform LowCardinality(String),
+    intent LowCardinality(String),
+    cohort LowCardinality(String)""",
+        "EmbeddedRocksDB",
+        primary_key="request_id",
+    ),
+    Table(
+        "session_attrs",
+        "session_id String,\n    model_version LowCardinality(String),\n"
+        "    variant LowCardinality(String),\n    cohort LowCardinality(String)",
+        "EmbeddedRocksDB",
+        primary_key="session_id",
+    ),
+    Table(
+        "rollup_hourly",
+        _ROLLUP_DIMS
+        + """,
+    responses UInt64,
+    refusals UInt64,
+    errors UInt64,
+    truncated UInt64,
+    prompt_tokens UInt64,
+    completion_tokens UInt64,
+    latency_ms_sum Float64,
+    latency_ms_q AggregateFunction(quantilesTDigest(0.5, 0.95, 0.99), Float32),
+    ttft_ms_q AggregateFunction(quantilesTDigest(0.5, 0.95, 0.99), Float32),
+    ratings UInt64,
+    thumbs_down UInt64,
+    thumbs_up UInt64,
+    retries UInt64""",
+        "SummingMergeTree",
+        order_by="(model_version, hour, variant, locale, platform, intent, cohort)",
+        partition_by="toYYYYMM(hour)",
+    ),
+    Table(
+        "sessions_hourly",
+        """
+    hour DateTime('UTC'),
+    model_version LowCardinality(String),
+    variant LowCardinality(String),
+    locale LowCardinality(String),
+    platform LowCardinality(String),
+    cohort LowCardinality(String),
+    sessions UInt64,
+    turns UInt64,
+    seconds Float64,
+    completion_known UInt64,
+    completed UInt64""",
+        "SummingMergeTree",
+        order_by="(model_version, hour, variant, locale, platform, cohort)",
+        partition_by="toYYYYMM(hour)",
+    ),
+    Table(
+        "dead_letters",
+        """
+    received_at DateTime64(3, 'UTC'),
+    source LowCardinality(String),
+    partition Int32,
+    offset Int64,
+    kind LowCardinality(String),
+    reason String,
+    event_id String,
+    raw String""",
+        "ReplacingMergeTree",
+        order_by="(source, partition, offset)",
+        partition_by="toYYYYMM(received_at)",
+        dedup=True,
+        shard_key="cityHash64(source, partition)",
+    ),
+    Table(
+        "annotations",
+        """
+    id String,
+    starts_at DateTime64(3, 'UTC'),
+    ends_at Nullable(DateTime64(3, 'UTC')),
+    kind LowCardinality(String),
+    title String,
+    model_version LowCardinality(String),
+    created_at DateTime64(3, 'UTC') DEFAULT now64(3)""",
+        "ReplacingMergeTree",
+        order_by="(id)",
+        shard_key="cityHash64(id)",
+    ),
+)
+
+_NOT_SEEN = "LEFT JOIN {t[event_ids]} AS s ON i.event_id = s.event_id WHERE s.kind = ''"
+_DIRECT = "SETTINGS join_algorithm = 'direct'"
+_ROLLUP_KEYS = "hour, model_version, variant, locale, platform, intent, cohort"
+
+VIEWS: tuple[View, ...] = (
+    *(
+        View(
+            f"{name}_dedup_mv",
+            f"{name}_in",
+            name,
+            f"SELECT i.* FROM {{t[{name}_in]}} AS i {_NOT_SEEN} {_DIRECT}",
+        )
+        for name in ("responses", "feedback", "retries", "sessions")
+    ),
+    *(
+        View(
+            f"{name}_ids_mv",
+            name,
+            "event_ids",
+            f"SELECT event_id, '{name}' AS kind FROM {{t[{name}]}}",
+        )
+        for name in ("responses", "feedback", "retries", "sessions")
+    ),
+    View(
+        "request_attrs_mv",
+        "responses",
+        "request_attrs",
+        "SELECT request_id, toDateTime(ts, 'UTC') AS response_ts, model_version, variant, locale,"
+        " platform, intent, cohort FROM {t[responses]}",
+    ),
+    View(
+        "session_attrs_mv",
+        "responses",
+        "session_attrs",
+        "SELECT session_id, model_version, variant, cohort FROM {t[responses]}",
+    ),
+    View(
+        "rollup_responses_mv",
+        "responses",
+        "rollup_hourly",
+        "SELECT toStartOfHour(toDateTime(ts, 'UTC')) AS hour, model_version, variant, locale,"
+        " platform, intent, cohort, count() AS responses, countIf(refused) AS refusals,"
+        " countIf(finish_reason = 'error') AS errors, countIf(finish_reason = 'length') AS"
+        " truncated, sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS"
+        " completion_tokens, sum(latency_ms) AS latency_ms_sum,"
+        " quantilesTDigestState(0.5, 0.95, 0.99)(latency_ms) AS latency_ms_q,"
+        " quantilesTDigestStateIf(0.5, 0.95, 0.99)(assumeNotNull(ttft_ms), ttft_ms IS NOT NULL)"
+        " AS ttft_ms_q"
+        f" FROM {{t[responses]}} GROUP BY {_ROLLUP_KEYS}",
+    ),
+    View(
+        "rollup_feedback_mv",
+        "feedback",
+        "rollup_hourly",
+        "SELECT toStartOfHour(if(a.request_id = '', toDateTime(f.ts, 'UTC'), a.response_ts)) AS"
+        " hour, a.model_version AS model_version,"
+        " a.variant AS variant, a.locale AS locale, a.platform AS platform, a.intent AS intent,"
+        " a.cohort AS cohort, count() AS ratings, countIf(f.rating < 0) AS thumbs_down,"
+        " countIf(f.rating > 0) AS thumbs_up"
+        " FROM {t[feedback]} AS f LEFT JOIN {t[request_attrs]} AS a ON f.request_id ="
+        f" a.request_id GROUP BY {_ROLLUP_KEYS} {_DIRECT}",
+    ),
+    View(
+        "rollup_retries_mv",
+        "retries",
+        "rollup_hourly",
+        "SELECT toStartOfHour(if(a.request_id = '', toDateTime(r.ts, 'UTC'), a.response_ts)) AS"
+        " hour, a.model_version AS model_version,"
+        " a.variant AS variant, a.locale AS locale, a.platform AS platform, a.intent AS intent,"
+        " a.cohort AS cohort, count() AS retries"
+        " FROM {t[retries]} AS r LEFT JOIN {t[request_attrs]} AS a ON r.request_id ="
+        f" a.request_id GROUP BY {_ROLLUP_KEYS} {_DIRECT}",
+    ),
+    View(
+        "rollup_sessions_mv",
+        "sessions",
+        "sessions_hourly",
+        "SELECT toStartOfHour(toDateTime(s.ts, 'UTC')) AS hour, a.model_version AS model_version,"
+        " a.variant AS variant, s.locale AS locale, s.platform AS platform, a.cohort AS cohort,"
+        " count() AS sessions, sum(ifNull(s.turns, 0)) AS turns, sum(ifNull(s.seconds, 0)) AS"
+        " seconds, countIf(s.task_completed IS NOT NULL) AS completion_known,"
+        " countIf(s.task_completed = true) AS completed"
+        " FROM {t[sessions]} AS s LEFT JOIN {t[session_attrs]} AS a ON s.session_id ="
+        " a.session_id WHERE s.type = 'session_end'"
+        f" GROUP BY hour, model_version, variant, locale, platform, cohort {_DIRECT}",
+    ),
+)
+
+
+class _Names(dict[str, str]):
+    """Table name lookup for view bodies: the local table in cluster mode."""
+
+    def __missing__(self, key: str) -> str:
+        raise KeyError(f"view refers to unknown table {key!r}")
+
+
+def render_ddl(*, cluster: str | None = None, database: str = "default") -> list[str]:
+    """DDL statements that create every table and view, in dependency order.
+
+    With ``cluster``, each table becomes a ``Replicated*`` (or local) ``<name>_local`` on every
+    node plus a ``Distributed`` ``<name>`` sharded by user, and views connect the local tables.
+    """
+    local = {t.name: (f"{t.name}_local" if cluster else t.name) for t in TABLES}
+    names = _Names({k: f"{database}.{v}" for k, v in local.items()})
+    on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
+    out: list[str] = []
+    for t in TABLES:
+        out.append(_create_table(t, f"{database}.{local[t.name]}", on_cluster, cluster))
+        if cluster:
+            out.append(
+                f"CREATE TABLE IF NOT EXISTS {database}.{t.name}{on_cluster}"
+                f" AS {database}.{local[t.name]}"
+                f" ENGINE = Distributed({cluster}, {database}, {local[t.name]}, {t.shard_key})"
+            )
+    for v in VIEWS:
+        out.append(
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.{v.name}{on_cluster}"
+            f" TO {names[v.target]} AS {v.select.format(t=names)}"
+        )
+    return out
+
+
+def _create_table(t: Table, qualified: str, on_cluster: str, cluster: str | None) -> str:
+    engine = t.engine
+    if cluster and t.merge_tree:
+        name = qualified.split(".", 1)[1]
+        engine = (
+            f"Replicated{engine}('/clickhouse/tables/{{shard}}/{{database}}/{name}', '{{replica}}')"
+        )
+    body = t.columns.strip("\n")
+    if t.indexes:
+        body += ",\n" + ",\n".join(f"    {i}" for i in t.indexes)
+    parts = [f"CREATE TABLE IF NOT EXISTS {qualified}{on_cluster} (\n{body}\n) ENGINE = {engine}"]
+    if t.partition_by:
+        parts.append(f"PARTITION BY {t.partition_by}")
+    if t.primary_key:
+        parts.append(f"PRIMARY KEY {t.primary_key}")
+    if t.order_by:
+        parts.append(f"ORDER BY {t.order_by}")
+    if t.dedup:
+        key = (
+            "replicated_deduplication_window" if cluster else "non_replicated_deduplication_window"
+        )
+        parts.append(f"SETTINGS {key} = {DEDUP_WINDOW}")
+    return "\n".join(parts)
