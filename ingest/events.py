@@ -30,10 +30,10 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-"""The newest schema version this build understands; older versions decode, newer ones are rejected."""
+"""The newest schema version understood here; older ones decode, newer ones are rejected."""
 
 MAX_EVENT_BYTES = 256 * 1024
-"""An event larger than this is rejected before decoding (prompts and responses are truncated upstream)."""
+"""Larger events are rejected before decoding (upstream truncates long prompts and responses)."""
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 _Label = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]

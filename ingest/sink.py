@@ -263,7 +263,7 @@ class EventSink:
             batch.add(position, raw, decode(raw))
 
     def flush(self, batch: Batch) -> FlushResult:
-        """Insert the batch; raises :class:`warehouse.WarehouseError` and then may be retried as is."""
+        """Insert the batch. On :class:`warehouse.WarehouseError` it may be retried as is."""
         token = batch.token()
         written: dict[str, int] = {}
         for table, build in _BUILDERS.items():

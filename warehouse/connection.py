@@ -22,7 +22,7 @@ DEFAULT_URL = "chdb://./.telltale/warehouse"
 
 
 class WarehouseSettings(BaseSettings):
-    """Where the warehouse is and how to reach it. Environment variables: ``TELLTALE_WAREHOUSE_*``."""
+    """Where the warehouse is and how to reach it (environment: ``TELLTALE_WAREHOUSE_*``)."""
 
     model_config = SettingsConfigDict(env_prefix="TELLTALE_WAREHOUSE_", frozen=True)
 
