@@ -8,11 +8,22 @@ from warehouse.errors import (
     WarehouseError,
 )
 from warehouse.migrations import MIGRATIONS, migrate
+from warehouse.queries import (
+    EVENT_TABLES,
+    ROLLUP_DIMENSIONS,
+    daily_summary,
+    dead_letter_counts,
+    dead_letters,
+    event_counts,
+    hourly_rollup,
+)
 from warehouse.schema import render_ddl
 
 __all__ = [
     "DEFAULT_URL",
+    "EVENT_TABLES",
     "MIGRATIONS",
+    "ROLLUP_DIMENSIONS",
     "TerminalWarehouseError",
     "TransientWarehouseError",
     "Warehouse",
@@ -20,6 +31,11 @@ __all__ = [
     "WarehouseError",
     "WarehouseSettings",
     "connect",
+    "daily_summary",
+    "dead_letter_counts",
+    "dead_letters",
+    "event_counts",
+    "hourly_rollup",
     "migrate",
     "render_ddl",
 ]

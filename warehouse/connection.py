@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -70,11 +71,25 @@ class Warehouse:
             except Exception as e:
                 raise translate_error(e, what=_first_words(sql)) from e
 
-    def query_frame(self, sql: str, parameters: Mapping[str, Any] | None = None) -> pl.DataFrame:
-        """Run a query and return its rows as a polars frame (through Arrow)."""
+    def query_frame(
+        self,
+        sql: str,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        binary_strings: bool = False,
+    ) -> pl.DataFrame:
+        """Run a query and return its rows as a polars frame (through Arrow).
+
+        ``binary_strings`` returns String columns as bytes: for columns that may hold bytes that
+        are not UTF-8 (the raw payload of a dead letter).
+        """
         with self._lock:
             try:
-                table = self._client.query_arrow(sql, parameters=parameters)
+                table = self._client.query_arrow(
+                    sql,
+                    parameters=parameters,
+                    settings={"output_format_arrow_string_as_string": int(not binary_strings)},
+                )
             except Exception as e:
                 raise translate_error(e, what=_first_words(sql)) from e
         return pl.from_arrow(table)  # type: ignore[return-value]
@@ -118,6 +133,7 @@ def connect(url: str | None = None, *, settings: WarehouseSettings | None = None
         if parts.scheme == "chdb":
             path = Path(parts.netloc + parts.path).expanduser().resolve()
             path.mkdir(parents=True, exist_ok=True)
+            _check_not_busy(path)
             client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
             return Warehouse(client, settings, embedded=True)
         if parts.scheme in ("http", "https"):
@@ -138,6 +154,24 @@ def connect(url: str | None = None, *, settings: WarehouseSettings | None = None
         f"unsupported warehouse URL {_redact(settings.url)!r}: use chdb://PATH for the embedded "
         "warehouse or http(s)://host:port for a ClickHouse server"
     )
+
+
+def _check_not_busy(path: Path) -> None:
+    """Fail clearly if another process holds the chdb directory (the engine's message is vague).
+
+    ClickHouse holds an exclusive ``flock`` on ``<dir>/status`` while it runs.
+    """
+    status = path / "status"
+    if not status.exists():
+        return
+    with status.open("rb") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise translate_error(
+                RuntimeError("Cannot lock file status"), what=f"open {path}"
+            ) from None
+        fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _redact(url: str) -> str:

@@ -72,6 +72,11 @@ def translate_error(exc: Exception, *, what: str) -> WarehouseError:
             "Streamlit app), or point both at a ClickHouse server (TELLTALE_WAREHOUSE_URL="
             "http://host:8123)."
         )
+    if "EmbeddedServer already initialized with path" in text:
+        return TerminalWarehouseError(
+            f"{what}: this process already has another embedded warehouse open; close it first "
+            f"(one process holds one chdb directory at a time): {text}"
+        )
     if isinstance(exc, ch_exc.OperationalError | ConnectionError | TimeoutError | OSError):
         return TransientWarehouseError(f"{what}: the warehouse is unreachable: {text}")
     match = _CODE.search(text)

@@ -1,0 +1,327 @@
+"""The Kafka consumer: at-least-once delivery in, exactly-once effect in the warehouse out.
+
+The loop polls, decodes into a :class:`~ingest.sink.Batch`, and when the batch is full or old
+enough, flushes it (one insert per table, deterministic dedup token) and only then commits the
+offsets. A crash anywhere before the commit replays the batch, which the warehouse absorbs.
+
+- Rebalance: the listener flushes and commits before partitions are revoked; if the flush
+  fails, the batch is dropped uncommitted and the next owner replays it.
+- Warehouse down: the flush is retried with capped exponential backoff, same batch and token;
+  partitions are paused meanwhile and ``poll`` keeps the group membership alive.
+- SIGTERM / SIGINT: finish the current step, flush, commit, close, return.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ingest.errors import IngestError, TransientIngestError
+from ingest.metrics import IngestMetrics
+from ingest.sink import Batch, EventSink, Position
+from warehouse import TransientWarehouseError, WarehouseError
+
+__all__ = ["IngestSettings", "KafkaIngest"]
+
+log = logging.getLogger("telltale.ingest")
+
+
+class IngestSettings(BaseSettings):
+    """Kafka ingest configuration (environment: ``TELLTALE_INGEST_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="TELLTALE_INGEST_", frozen=True)
+
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers. TELLTALE_INGEST_BOOTSTRAP_SERVERS."
+    )
+    group_id: str = Field(
+        "telltale-ingest", description="Consumer group. TELLTALE_INGEST_GROUP_ID."
+    )
+    topics: list[str] = Field(
+        ["telltale.responses", "telltale.feedback", "telltale.retries", "telltale.sessions"],
+        description="Event topics (JSON list). TELLTALE_INGEST_TOPICS.",
+    )
+    dead_letter_topic: str | None = Field(
+        "telltale.dead_letters",
+        description="Topic for rejected messages (besides the dead_letters table); empty to "
+        "disable. TELLTALE_INGEST_DEAD_LETTER_TOPIC.",
+    )
+    batch_max_events: int = Field(
+        50_000,
+        ge=1,
+        description="Flush after this many messages. TELLTALE_INGEST_BATCH_MAX_EVENTS.",
+    )
+    batch_max_seconds: float = Field(
+        1.0, gt=0, description="Flush a batch this old. TELLTALE_INGEST_BATCH_MAX_SECONDS."
+    )
+    max_poll_records: int = Field(
+        10_000, ge=1, description="Records per poll. TELLTALE_INGEST_MAX_POLL_RECORDS."
+    )
+    max_partition_fetch_bytes: int = Field(
+        4 * 1024 * 1024,
+        description="Bytes per partition per fetch. TELLTALE_INGEST_MAX_PARTITION_FETCH_BYTES.",
+    )
+    backoff_max_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Cap of the flush retry backoff. TELLTALE_INGEST_BACKOFF_MAX_SECONDS.",
+    )
+    metrics_port: int | None = Field(
+        None,
+        description="Serve Prometheus metrics on 127.0.0.1:PORT. TELLTALE_INGEST_METRICS_PORT.",
+    )
+    log_every_seconds: float = Field(
+        10.0, gt=0, description="Status log interval. TELLTALE_INGEST_LOG_EVERY_SECONDS."
+    )
+    security_protocol: str = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_SSL. TELLTALE_INGEST_SECURITY_PROTOCOL."
+    )
+    sasl_mechanism: str | None = Field(
+        None, description="e.g. PLAIN, SCRAM-SHA-512. TELLTALE_INGEST_SASL_MECHANISM."
+    )
+    sasl_username: str | None = Field(None, description="TELLTALE_INGEST_SASL_USERNAME.")
+    sasl_password: SecretStr | None = Field(None, description="TELLTALE_INGEST_SASL_PASSWORD.")
+
+    def client_config(self) -> dict[str, object]:
+        """Connection settings shared by the consumer, the producer and the benchmark."""
+        config: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            config["sasl_mechanism"] = self.sasl_mechanism
+            config["sasl_plain_username"] = self.sasl_username
+            config["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        return config
+
+    def consumer_config(self) -> dict[str, object]:
+        """KafkaConsumer settings; the raw-consume benchmark uses the same ones."""
+        return {
+            **self.client_config(),
+            "group_id": self.group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "max_poll_records": self.max_poll_records,
+            "max_partition_fetch_bytes": self.max_partition_fetch_bytes,
+            "fetch_max_bytes": max(52_428_800, self.max_partition_fetch_bytes),
+        }
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, ingest: KafkaIngest) -> None:
+        self._ingest = ingest
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._ingest._on_revoked(revoked)
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("assigned %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+
+
+class KafkaIngest:
+    """A consumer-group member that writes event topics to the warehouse.
+
+    ``run()`` blocks until :meth:`stop` (or SIGTERM/SIGINT when ``install_signal_handlers``) and
+    returns the total events written.
+    """
+
+    def __init__(
+        self,
+        sink: EventSink,
+        settings: IngestSettings | None = None,
+        metrics: IngestMetrics | None = None,
+    ) -> None:
+        self.sink = sink
+        self.settings = settings or IngestSettings()
+        self.metrics = metrics or IngestMetrics(log_every=self.settings.log_every_seconds)
+        self._stop = threading.Event()
+        self._batch = Batch()
+        self._batch_started = time.monotonic()
+        self._consumer: KafkaConsumer | None = None
+        self._producer: KafkaProducer | None = None
+
+    def stop(self) -> None:
+        """Ask the loop to flush, commit and return."""
+        self._stop.set()
+
+    @contextmanager
+    def _signals(self) -> Iterator[None]:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %d: flushing and stopping", signum)
+            self.stop()
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def run(self, *, install_signal_handlers: bool = True) -> int:
+        """Consume until stopped; returns the number of events written."""
+        s = self.settings
+        try:
+            self._consumer = KafkaConsumer(**s.consumer_config())
+            if s.dead_letter_topic:
+                self._producer = KafkaProducer(**s.client_config(), acks="all", linger_ms=5)
+        except KafkaError as e:
+            raise TransientIngestError(f"cannot reach Kafka at {s.bootstrap_servers}: {e}") from e
+        self._consumer.subscribe(s.topics, listener=_Listener(self))
+        if s.metrics_port:
+            self.metrics.serve(s.metrics_port)
+        guard = self._signals() if install_signal_handlers else contextmanager(_noop)()
+        try:
+            with guard:
+                self._loop()
+        finally:
+            self._close()
+        return self.metrics.total_events
+
+    def _loop(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        s = self.settings
+        while not self._stop.is_set():
+            polled = consumer.poll(timeout_ms=200, max_records=s.max_poll_records)
+            for tp, records in polled.items():
+                self.sink.decode_into(
+                    self._batch,
+                    ((Position(tp.topic, tp.partition, r.offset), r.value) for r in records),
+                )
+            age = time.monotonic() - self._batch_started
+            if self._batch.size >= s.batch_max_events or (
+                self._batch.size and age >= s.batch_max_seconds
+            ):
+                self._flush_until_done()
+            elif not self._batch.size:
+                self._batch_started = time.monotonic()
+            self.metrics.maybe_log(lag=self._lag())
+        self._flush_until_done()
+
+    def _lag(self) -> dict[tuple[str, int], int]:
+        consumer = self._consumer
+        assert consumer is not None
+        lag = {}
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is not None:
+                lag[(tp.topic, tp.partition)] = max(0, high - consumer.position(tp))
+        self.metrics.record_lag(lag)
+        return lag
+
+    def _flush(self) -> None:
+        """Write the batch, send its dead letters, then commit its offsets. Raises on failure."""
+        batch = self._batch
+        if not batch.size:
+            return
+        started = time.monotonic()
+        result = self.sink.flush(batch)
+        if batch.dead and self._producer is not None:
+            self._send_dead_letters(batch)
+        self._commit(batch)
+        self.metrics.record_flush(result, time.monotonic() - started)
+        self._batch = Batch()
+        self._batch_started = time.monotonic()
+
+    def _send_dead_letters(self, batch: Batch) -> None:
+        producer = self._producer
+        topic = self.settings.dead_letter_topic
+        assert producer is not None and topic
+        for d in batch.dead:
+            p = d.position
+            producer.send(
+                topic,
+                value=d.raw,
+                key=f"{p.source}:{p.partition}:{p.offset}".encode(),
+                headers=[
+                    ("telltale.reason", d.failure.reason.encode()),
+                    ("telltale.kind", d.failure.kind.encode()),
+                    ("telltale.source", f"{p.source}:{p.partition}:{p.offset}".encode()),
+                ],
+            )
+        try:
+            producer.flush(timeout=30)
+        except KafkaError as e:
+            raise TransientIngestError(f"dead-letter topic {topic}: {e}") from e
+
+    def _commit(self, batch: Batch) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        offsets = {
+            TopicPartition(topic, partition): OffsetAndMetadata(hi + 1, None, -1)
+            for (topic, partition), (_, hi) in batch.ranges.items()
+        }
+        consumer.commit(offsets)
+
+    def _flush_until_done(self) -> None:
+        """Flush with capped exponential backoff while the failure is transient."""
+        consumer = self._consumer
+        assert consumer is not None
+        delay = 0.5
+        paused = False
+        while True:
+            try:
+                self._flush()
+                break
+            except CommitFailedError as e:
+                # The group moved on: our partitions belong to someone else now, who will
+                # replay from the last commit; the warehouse absorbs the replay.
+                log.warning("commit failed after a rebalance; batch will be replayed: %s", e)
+                self._reset_batch()
+                break
+            except (TransientWarehouseError, TransientIngestError, KafkaError) as e:
+                self.metrics.flush_failures.inc()
+                log.warning("flush failed (%s); retrying in %.1f s", e, delay)
+                if not paused:
+                    consumer.pause(*consumer.assignment())
+                    paused = True
+                deadline = time.monotonic() + delay
+                while time.monotonic() < deadline:
+                    # Paused partitions return nothing, but polling keeps us in the group.
+                    consumer.poll(timeout_ms=100)
+                    if not self._batch.size:  # revoked during the wait, dropped uncommitted
+                        break
+                if not self._batch.size:
+                    break
+                delay = min(delay * 2, self.settings.backoff_max_seconds)
+            except WarehouseError as e:
+                raise IngestError(f"cannot write to the warehouse, not retrying: {e}") from e
+        if paused:
+            consumer.resume(*consumer.paused())
+
+    def _reset_batch(self) -> None:
+        self._batch = Batch()
+        self._batch_started = time.monotonic()
+
+    def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        if not self._batch.size:
+            return
+        try:
+            self._flush()
+            log.info("flushed and committed before losing %d partitions", len(revoked))
+        except (WarehouseError, IngestError, KafkaError) as e:
+            log.warning("could not flush before rebalance (%s); the new owner will replay", e)
+            self._reset_batch()
+
+    def _close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=10)
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False)
+
+
+def _noop() -> Iterator[None]:
+    yield

@@ -1,0 +1,151 @@
+"""The sink against the real engine: exactly-once effect, dead letters, rollups, backfill."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import warehouse
+from ingest import Batch, EventSink, Position, backfill
+
+from events_factory import encode, feedback, response, retry, session_end
+
+SQLISH = "Robert'); DROP TABLE responses;-- {x:String} \\' \" `"
+EMOJI_RTL = "שלום עולם 👋🏽 مرحبا ‮reversed‬ 家族👨‍👩‍👧"
+
+
+def _counts(wh) -> dict[str, int]:
+    return dict(warehouse.event_counts(wh).iter_rows())
+
+
+def _flush(sink, records, source="t"):
+    batch = Batch()
+    sink.decode_into(batch, [(Position(source, 0, i), raw) for i, raw in records])
+    return sink.flush(batch)
+
+
+BAD = {
+    "bad_json": b'{"type": "response", ',
+    "not_utf8": b"\xff\xfe\xfa",
+    "empty": b"",
+    "wrong_type": encode(response(900, latency_ms="slow")),
+    "missing_field": encode({k: v for k, v in response(901).items() if k != "model_version"}),
+    "unknown_type": encode({**response(902), "type": "purchase"}),
+    "negative": encode(response(903, prompt_tokens=-1)),
+    "absurd": encode(response(904, latency_ms=9e15)),
+    "future": encode(response(905, ts="2199-01-01T00:00:00Z")),
+    "past": encode(response(906, ts="1999-01-01T00:00:00Z")),
+    "oversized": encode(response(907, response="y" * 300_000)),
+}
+
+
+def test_every_kind_of_bad_input_is_accounted_for(wh):
+    sink = EventSink(wh)
+    good = [encode(response(i)) for i in range(20)]
+    good.append(encode(response(20, prompt=SQLISH, response=EMOJI_RTL)))
+    good.append(encode(response(3)))  # a producer duplicate of event resp-3
+    records = list(enumerate([*good, *BAD.values()]))
+    result = _flush(sink, records)
+    assert result.events == {"responses": 21}
+    assert result.duplicates == 1
+    assert result.dead_letters == len(BAD)
+
+    assert _counts(wh)["responses"] == 21
+    stored = wh.query_frame(
+        "SELECT prompt, response FROM responses WHERE event_id = {id:String}",
+        parameters={"id": "resp-20"},
+    )
+    assert stored.row(0) == (SQLISH, EMOJI_RTL)
+
+    dead = warehouse.dead_letters(wh).sort("offset")
+    assert dead.height == len(BAD)
+    first_bad = len(good)
+    assert dead["offset"].to_list() == list(range(first_bad, first_bad + len(BAD)))
+    # raw bytes kept exactly, so the message can be fixed and replayed
+    assert dead["raw"].to_list() == list(BAD.values())
+    assert dict(zip(BAD, dead["kind"], strict=True)) == {
+        "bad_json": "bad_json",
+        "not_utf8": "not_utf8",
+        "empty": "empty",
+        "wrong_type": "invalid",
+        "missing_field": "invalid",
+        "unknown_type": "invalid",
+        "negative": "invalid",
+        "absurd": "invalid",
+        "future": "invalid",
+        "past": "invalid",
+        "oversized": "too_large",
+    }
+    assert all(dead["reason"].str.len_chars() > 0)
+
+
+def test_replayed_batch_and_producer_duplicates_count_once(wh):
+    sink = EventSink(wh)
+    records = [(i, encode(response(i))) for i in range(100)]
+    records += [(100 + i, encode(feedback(i))) for i in range(30)]
+    records += [(130, b"junk")]
+    _flush(sink, records)
+    _flush(sink, records)  # the consumer died before committing: same offsets again
+    # the producer sent some events again: new offsets, new batch, same event_ids
+    _flush(sink, [(500 + i, encode(response(i))) for i in range(0, 100, 7)])
+    assert _counts(wh) == {"feedback": 30, "responses": 100, "retries": 0, "sessions": 0}
+    assert wh.query_frame("SELECT count() AS n FROM dead_letters FINAL")["n"][0] == 1
+    rollup = wh.query_frame("SELECT sum(responses) AS r, sum(ratings) AS f FROM rollup_hourly")
+    assert rollup.row(0) == (100, 30)
+
+
+def test_rollup_attributes_feedback_to_the_response_model_version(wh):
+    sink = EventSink(wh)
+    _flush(
+        sink,
+        [(i, encode(response(i, model_version="m-new" if i % 2 else "m-old"))) for i in range(40)],
+    )
+    _flush(sink, [(100 + i, encode(feedback(i, rating=-1))) for i in range(0, 40, 4)])
+    _flush(sink, [(200 + i, encode(retry(i))) for i in range(1, 40, 4)])
+    _flush(sink, [(300, encode(feedback(999)))])  # its response never arrived
+    rows = wh.query_frame(
+        "SELECT model_version, sum(responses) AS r, sum(thumbs_down) AS d, sum(retries) AS t"
+        " FROM rollup_hourly GROUP BY model_version ORDER BY model_version"
+    )
+    assert rows.rows() == [("", 0, 1, 0), ("m-new", 20, 0, 10), ("m-old", 20, 10, 0)]
+    orphan = wh.query_frame("SELECT sum(ratings) AS n FROM rollup_hourly WHERE model_version = ''")
+    assert orphan["n"][0] == 1
+
+
+def test_sessions_rollup_takes_the_model_version_of_the_session(wh):
+    sink = EventSink(wh)
+    _flush(sink, [(0, encode(response(0, session_id="sess-1", model_version="m-x")))])
+    _flush(sink, [(1, encode(session_end(1, turns=6, seconds=120.0)))])
+    rows = wh.query_frame(
+        "SELECT model_version, sum(sessions) AS s, sum(turns) AS t, sum(completed) AS c"
+        " FROM sessions_hourly GROUP BY model_version"
+    )
+    assert rows.rows() == [("m-x", 1, 6, 1)]
+
+
+def _write_inputs(tmp_path: Path) -> list[Path]:
+    lines = [encode(response(i)) for i in range(300)] + [encode(feedback(i)) for i in range(50)]
+    lines += [b"not json", encode(response(5))]
+    plain = tmp_path / "a.jsonl"
+    plain.write_bytes(b"\n".join(lines[:200]) + b"\n")
+    gz = tmp_path / "b.jsonl.gz"
+    with gzip.open(gz, "wb") as f:
+        f.write(b"\n".join(lines[200:320]) + b"\n")
+    parquet = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"value": pa.array(lines[320:], pa.binary())}), parquet)
+    return [plain, gz, parquet]
+
+
+def test_backfill_reads_every_format_and_is_idempotent(wh, tmp_path):
+    paths = _write_inputs(tmp_path)
+    sink = EventSink(wh)
+    first = backfill(sink, paths, progress=False)
+    assert first.total_events == 351  # resp-5 again, in another file: dropped by the warehouse
+    assert first.total_dead == 1
+    backfill(sink, paths, progress=False)
+    assert _counts(wh) == {"feedback": 50, "responses": 300, "retries": 0, "sessions": 0}
+    assert wh.query_frame("SELECT count() AS n FROM dead_letters FINAL")["n"][0] == 1
+    assert wh.query_frame("SELECT sum(responses) AS n FROM rollup_hourly")["n"][0] == 300

@@ -1,0 +1,133 @@
+"""Named queries: the only SQL callers need, each returning a polars frame.
+
+Values are bound parameters (``{name:Type}``); identifiers (grouping columns) come from the
+allow-lists below, never from the caller's text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+import polars as pl
+
+from warehouse.connection import Warehouse
+from warehouse.errors import TerminalWarehouseError
+
+__all__ = [
+    "EVENT_TABLES",
+    "ROLLUP_DIMENSIONS",
+    "daily_summary",
+    "dead_letter_counts",
+    "dead_letters",
+    "event_counts",
+    "hourly_rollup",
+]
+
+EVENT_TABLES = ("responses", "feedback", "retries", "sessions")
+ROLLUP_DIMENSIONS = ("model_version", "variant", "locale", "platform", "intent", "cohort")
+
+
+def _dimensions(group_by: Sequence[str]) -> list[str]:
+    unknown = [d for d in group_by if d not in ROLLUP_DIMENSIONS]
+    if unknown:
+        raise TerminalWarehouseError(
+            f"cannot group by {unknown}: choose from {', '.join(ROLLUP_DIMENSIONS)}"
+        )
+    return list(dict.fromkeys(group_by))
+
+
+def event_counts(wh: Warehouse) -> pl.DataFrame:
+    """Distinct events per table (``FINAL``: exact even before background merges)."""
+    db = wh.database
+    union = " UNION ALL ".join(
+        f"SELECT '{t}' AS table, count() AS events FROM {db}.{t} FINAL" for t in EVENT_TABLES
+    )
+    return wh.query_frame(union).sort("table")
+
+
+def dead_letter_counts(wh: Warehouse) -> pl.DataFrame:
+    """Rejected messages by kind, with one example reason each."""
+    return wh.query_frame(
+        f"SELECT kind, count() AS messages, any(reason) AS example_reason"
+        f" FROM {wh.database}.dead_letters FINAL GROUP BY kind ORDER BY messages DESC"
+    )
+
+
+def dead_letters(wh: Warehouse, *, limit: int = 1000) -> pl.DataFrame:
+    """The newest rejected messages, with the raw payload as bytes (it may not be UTF-8)."""
+    return wh.query_frame(
+        f"SELECT received_at, source, partition, offset, kind, reason, event_id, raw"
+        f" FROM {wh.database}.dead_letters FINAL"
+        " ORDER BY received_at DESC, source, partition, offset LIMIT {limit:UInt32}",
+        parameters={"limit": limit},
+        binary_strings=True,
+    ).with_columns(pl.col("source", "kind", "reason", "event_id").cast(pl.String))
+
+
+def hourly_rollup(
+    wh: Warehouse,
+    *,
+    since: dt.datetime,
+    until: dt.datetime,
+    group_by: Sequence[str] = ("model_version",),
+    model_versions: Sequence[str] | None = None,
+) -> pl.DataFrame:
+    """Hourly response metrics from the rollup, grouped by allow-listed dimensions.
+
+    Columns: ``hour``, the dimensions, counts (responses, ratings, thumbs_down, thumbs_up,
+    retries, refusals, errors), token sums and latency quantiles (p50/p95/p99).
+    """
+    dims = _dimensions(group_by)
+    keys = ", ".join(["hour", *dims])
+    version_filter = " AND model_version IN {versions:Array(String)}" if model_versions else ""
+    sql = f"""
+        SELECT toDateTime64(hour, 0, 'UTC') AS hour, {", ".join(dims) + "," if dims else ""}
+            sum(responses) AS responses, sum(ratings) AS ratings,
+            sum(thumbs_down) AS thumbs_down, sum(thumbs_up) AS thumbs_up,
+            sum(retries) AS retries, sum(refusals) AS refusals, sum(errors) AS errors,
+            sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
+            quantilesTDigestMerge(0.5, 0.95, 0.99)(latency_ms_q) AS latency_ms_q
+        FROM {wh.database}.rollup_hourly
+        WHERE hour >= {{since:DateTime}} AND hour < {{until:DateTime}}{version_filter}
+        GROUP BY {keys} ORDER BY {keys}
+    """
+    frame = wh.query_frame(
+        sql,
+        parameters={"since": since, "until": until, "versions": list(model_versions or [])},
+    )
+    return frame.with_columns(
+        pl.col("latency_ms_q").list.get(i).alias(f"latency_ms_{p}")
+        for i, p in enumerate(("p50", "p95", "p99"))
+    ).drop("latency_ms_q")
+
+
+def daily_summary(wh: Warehouse) -> pl.DataFrame:
+    """Per day and model version: volume and the headline rates, from the rollups."""
+    db = wh.database
+    return wh.query_frame(
+        f"""
+        SELECT r.day AS day, r.model_version AS model_version, responses,
+            ratings / responses AS rating_rate,
+            if(ratings > 0, thumbs_down / ratings, nan) AS thumbs_down_rate,
+            retries / responses AS retry_rate,
+            refusals / responses AS refusal_rate,
+            completion_tokens / responses AS mean_completion_tokens,
+            latency_p50_ms, n_sessions AS sessions, turns_per_session
+        FROM (
+            SELECT toDate(hour) AS day, model_version, sum(responses) AS responses,
+                sum(ratings) AS ratings, sum(thumbs_down) AS thumbs_down,
+                sum(retries) AS retries, sum(refusals) AS refusals,
+                sum(completion_tokens) AS completion_tokens,
+                quantilesTDigestMerge(0.5, 0.95, 0.99)(latency_ms_q)[1] AS latency_p50_ms
+            FROM {db}.rollup_hourly WHERE model_version != ''
+            GROUP BY day, model_version
+        ) AS r
+        LEFT JOIN (
+            SELECT toDate(hour) AS day, model_version, sum(sessions) AS n_sessions,
+                if(n_sessions > 0, sum(turns) / n_sessions, nan) AS turns_per_session
+            FROM {db}.sessions_hourly GROUP BY day, model_version
+        ) AS s ON r.day = s.day AND r.model_version = s.model_version
+        ORDER BY day, model_version
+        """
+    )
