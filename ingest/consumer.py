@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 from pydantic import Field, SecretStr
@@ -120,14 +120,34 @@ class IngestSettings(BaseSettings):
         }
 
 
-class _Listener(ConsumerRebalanceListener):
+class _Listener(AsyncConsumerRebalanceListener):
+    """Flush and commit before partitions go to another member.
+
+    kafka-python runs listeners on its IO thread while ``poll()`` waits on the main thread, so
+    the batch is not being touched; the commit must be awaited (a blocking commit from the IO
+    thread would deadlock), hence the async listener.
+    """
+
     def __init__(self, ingest: KafkaIngest) -> None:
         self._ingest = ingest
 
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self._ingest._on_revoked(revoked)
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        ingest = self._ingest
+        if not ingest._batch.size:
+            return
+        try:
+            offsets = ingest._write()
+            assert ingest._consumer is not None
+            await ingest._consumer.commit_async(offsets)
+            ingest._reset_batch()
+            log.info("flushed and committed before losing %d partitions", len(revoked))
+        except Exception as e:
+            # The batch stays uncommitted; whoever owns the partitions next replays it and the
+            # warehouse drops what it already holds.
+            log.warning("could not flush before rebalance (%s); the new owner will replay", e)
+            ingest._reset_batch()
 
-    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("assigned %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
 
 
@@ -152,6 +172,11 @@ class KafkaIngest:
         self._batch_started = time.monotonic()
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
+
+    @property
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this member owns right now (empty before it joins the group)."""
+        return set(self._consumer.assignment()) if self._consumer is not None else set()
 
     def stop(self) -> None:
         """Ask the loop to flush, commit and return."""
@@ -222,19 +247,27 @@ class KafkaIngest:
         self.metrics.record_lag(lag)
         return lag
 
-    def _flush(self) -> None:
-        """Write the batch, send its dead letters, then commit its offsets. Raises on failure."""
+    def _write(self) -> dict[TopicPartition, OffsetAndMetadata]:
+        """Write the batch and its dead letters; return the offsets that may now be committed."""
         batch = self._batch
-        if not batch.size:
-            return
         started = time.monotonic()
         result = self.sink.flush(batch)
         if batch.dead and self._producer is not None:
             self._send_dead_letters(batch)
-        self._commit(batch)
         self.metrics.record_flush(result, time.monotonic() - started)
-        self._batch = Batch()
-        self._batch_started = time.monotonic()
+        return {
+            TopicPartition(topic, partition): OffsetAndMetadata(hi + 1, None, -1)
+            for (topic, partition), (_, hi) in batch.ranges.items()
+        }
+
+    def _flush(self) -> None:
+        """Write the batch, then commit its offsets. Raises on failure, batch kept for a retry."""
+        if not self._batch.size:
+            return
+        offsets = self._write()
+        assert self._consumer is not None
+        self._consumer.commit(offsets)
+        self._reset_batch()
 
     def _send_dead_letters(self, batch: Batch) -> None:
         producer = self._producer
@@ -256,15 +289,6 @@ class KafkaIngest:
             producer.flush(timeout=30)
         except KafkaError as e:
             raise TransientIngestError(f"dead-letter topic {topic}: {e}") from e
-
-    def _commit(self, batch: Batch) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        offsets = {
-            TopicPartition(topic, partition): OffsetAndMetadata(hi + 1, None, -1)
-            for (topic, partition), (_, hi) in batch.ranges.items()
-        }
-        consumer.commit(offsets)
 
     def _flush_until_done(self) -> None:
         """Flush with capped exponential backoff while the failure is transient."""
@@ -306,21 +330,13 @@ class KafkaIngest:
         self._batch = Batch()
         self._batch_started = time.monotonic()
 
-    def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        if not self._batch.size:
-            return
-        try:
-            self._flush()
-            log.info("flushed and committed before losing %d partitions", len(revoked))
-        except (WarehouseError, IngestError, KafkaError) as e:
-            log.warning("could not flush before rebalance (%s); the new owner will replay", e)
-            self._reset_batch()
-
     def _close(self) -> None:
-        if self._producer is not None:
-            self._producer.close(timeout=10)
+        # The consumer first: closing it revokes partitions, and the listener may still need
+        # the dead-letter producer.
         if self._consumer is not None:
             self._consumer.close(autocommit=False)
+        if self._producer is not None:
+            self._producer.close(timeout=10)
 
 
 def _noop() -> Iterator[None]:

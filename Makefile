@@ -1,0 +1,31 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both set up what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench kafka
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+## demo: simulate a week of traffic, ingest it into the embedded warehouse, print a summary
+demo: $(BIN)/.installed
+	$(BIN)/telltale demo
+
+## test: install the Kafka jars, lint, and run the whole test suite against real components
+test: $(BIN)/.installed kafka lint
+	$(BIN)/python -m pytest
+
+kafka:
+	scripts/kafka-broker install
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## bench: the ingest benchmark (1M events through a real broker); prints figures, asserts nothing
+bench: $(BIN)/.installed kafka
+	$(BIN)/python bench/ingest.py
