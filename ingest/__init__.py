@@ -1,0 +1,51 @@
+"""Ingest: the event contract, the Kafka consumer, file backfill, dead letters, the simulator."""
+
+from ingest.backfill import backfill, iter_file
+from ingest.consumer import IngestSettings, KafkaIngest
+from ingest.errors import IngestError, TerminalIngestError, TransientIngestError
+from ingest.events import (
+    EVENT_TYPES,
+    SCHEMA_VERSION,
+    DecodeFailure,
+    Event,
+    EventDecoder,
+    Feedback,
+    Response,
+    Retry,
+    SessionEnd,
+    SessionStart,
+)
+from ingest.metrics import IngestMetrics
+# TMP from ingest.simulate import Scenario, ground_truth, produce_to_kafka, simulate, write_files
+from ingest.sink import Batch, EventSink, FlushResult, Position, tenure_cohort
+
+__all__ = [
+    "EVENT_TYPES",
+    "SCHEMA_VERSION",
+    "Batch",
+    "DecodeFailure",
+    "Event",
+    "EventDecoder",
+    "EventSink",
+    "Feedback",
+    "FlushResult",
+    "IngestError",
+    "IngestMetrics",
+    "IngestSettings",
+    "KafkaIngest",
+    "Position",
+    "Response",
+    "Retry",
+    "Scenario",
+    "SessionEnd",
+    "SessionStart",
+    "TerminalIngestError",
+    "TransientIngestError",
+    "backfill",
+    "ground_truth",
+    "iter_file",
+    "produce_to_kafka",
+    "simulate",
+    "tenure_cohort",
+    "write_files",
+]

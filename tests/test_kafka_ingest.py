@@ -179,9 +179,9 @@ def test_kill_9_three_times_still_exactly_once(kafka_broker, kafka_topics, tmp_p
         # kill at a random point while it is mid-stream: after some progress, before the end
         target = total * rng.uniform(0.15 + 0.25 * moment, 0.3 + 0.25 * moment)
         wait_for(
-            lambda t=target: (
+            lambda t=target, p=proc: (
                 total - lag(kafka_broker.bootstrap, "kill9", settings.topics) >= t
-                or proc.poll() is not None
+                or p.poll() is not None
             ),
             180,
             f"consumer progress to {target:.0f}",
