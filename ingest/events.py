@@ -114,7 +114,8 @@ class Retry(_Event, tag="retry", kw_only=True):
     request_id: _Id
     new_request_id: _Id
     kind: RetryKind
-    user_id: _Id | None = None
+    # Not optional: retries are analysed per user, and the warehouse shards by user.
+    user_id: _Id
 
 
 class SessionStart(_Event, tag="session_start", kw_only=True):
