@@ -16,7 +16,7 @@ from ingest.events import (
     SessionStart,
 )
 from ingest.metrics import IngestMetrics
-# TMP from ingest.simulate import Scenario, ground_truth, produce_to_kafka, simulate, write_files
+from ingest.simulate import Scenario, ground_truth, produce_to_kafka, simulate, write_files
 from ingest.sink import Batch, EventSink, FlushResult, Position, tenure_cohort
 
 __all__ = [

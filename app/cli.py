@@ -1,0 +1,282 @@
+"""The ``telltale`` command line: simulate, ingest, inspect the warehouse, run the demo."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import polars as pl
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import warehouse
+from ingest import (
+    EventSink,
+    IngestError,
+    IngestSettings,
+    KafkaIngest,
+    Scenario,
+    backfill,
+    produce_to_kafka,
+    write_files,
+)
+
+__all__ = ["app", "main"]
+
+console = Console(stderr=True)
+# Summary tables are wide: do not squeeze them into 80 columns when output is piped.
+out = Console(width=None if sys.stdout.isatty() else 160)
+
+app = typer.Typer(
+    help="Telltale: did the new model make things better or worse for real users, and why?",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+warehouse_app = typer.Typer(help="Create, inspect and describe the ClickHouse warehouse.")
+app.add_typer(warehouse_app, name="warehouse")
+
+WarehouseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--warehouse",
+        "-w",
+        envvar="TELLTALE_WAREHOUSE_URL",
+        help="chdb://PATH (embedded, default ./.telltale/warehouse) or http(s)://host:port.",
+        show_default=False,
+    ),
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(1)
+
+
+def _open(url: str | None) -> warehouse.Warehouse:
+    try:
+        wh = warehouse.connect(url)
+        warehouse.migrate(wh)
+    except warehouse.WarehouseError as e:
+        raise _fail(str(e)) from None
+    return wh
+
+
+def _print_frame(frame: pl.DataFrame, title: str) -> None:
+    table = Table(title=title, title_justify="left")
+    for name, dtype in frame.schema.items():
+        table.add_column(name, justify="right" if dtype.is_numeric() else "left")
+    for row in frame.iter_rows():
+        table.add_row(*(_cell(v) for v in row))
+    out.print(table)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return "-" if value != value else f"{value:.4g}"
+    return str(value)
+
+
+@app.callback()
+def _configure(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+def simulate(
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Directory for the events file and truth.json.")
+    ] = Path(".telltale/simulated"),
+    scenario: Annotated[
+        Path | None,
+        typer.Option("--scenario", "-s", help="Scenario TOML (default: the built-in scenario)."),
+    ] = None,
+    days: Annotated[int | None, typer.Option(help="Override the scenario's length.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the scenario's seed.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl.gz, jsonl or parquet.")] = "jsonl.gz",
+    kafka: Annotated[
+        str | None,
+        typer.Option(
+            "--kafka",
+            help="Produce to this Kafka bootstrap server instead of writing files "
+            "(topics from TELLTALE_INGEST_TOPICS).",
+        ),
+    ] = None,
+) -> None:
+    """Simulate product traffic with known, planted effects (rollout, population shift, UI change).
+
+    Writes the events and a ground-truth manifest (truth.json) of every planted effect, or
+    produces the events to Kafka. The same seed always gives the same events.
+
+    [bold]Examples[/]
+
+      telltale simulate --days 7 --out /tmp/week
+
+      telltale simulate --scenario my.toml --kafka 127.0.0.1:9092
+    """
+    sc = Scenario.load(scenario) if scenario else Scenario.default()
+    if days is not None:
+        sc = sc.model_copy(update={"days": days})
+    if kafka:
+        topics = _topic_map(IngestSettings().topics)
+        counts = produce_to_kafka(sc, kafka, topics, seed=seed, progress=True)
+        console.print(f"produced {sum(counts.values()):,} events to {kafka}: {counts}")
+        return
+    if fmt not in ("jsonl.gz", "jsonl", "parquet"):
+        raise _fail(f"--format must be jsonl.gz, jsonl or parquet, not {fmt!r}")
+    result = write_files(sc, out_dir, seed=seed, fmt=fmt, progress=True)  # type: ignore[arg-type]
+    console.print(f"wrote {result}")
+
+
+def _topic_map(topics: list[str]) -> dict[str, str]:
+    """Event type -> topic, by the topic names' suffixes (responses, feedback, ...)."""
+    by_suffix = {t.rsplit(".", 1)[-1]: t for t in topics}
+    wanted = {
+        "response": "responses",
+        "feedback": "feedback",
+        "retry": "retries",
+        "session_start": "sessions",
+        "session_end": "sessions",
+    }
+    missing = sorted({s for s in wanted.values() if s not in by_suffix})
+    if missing:
+        raise _fail(f"TELLTALE_INGEST_TOPICS has no topic ending in {missing}")
+    return {kind: by_suffix[suffix] for kind, suffix in wanted.items()}
+
+
+@app.command()
+def ingest(
+    from_file: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--from-file",
+            "-f",
+            help="Backfill from JSONL, JSONL.gz or Parquet files instead of Kafka (repeatable).",
+        ),
+    ] = None,
+    url: WarehouseUrl = None,
+    bootstrap: Annotated[
+        str | None,
+        typer.Option(
+            "--bootstrap", help="Kafka bootstrap servers (TELLTALE_INGEST_BOOTSTRAP_SERVERS)."
+        ),
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option("--group", help="Consumer group (TELLTALE_INGEST_GROUP_ID).")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT.")
+    ] = None,
+) -> None:
+    """Ingest events into the warehouse, each counted exactly once.
+
+    Without --from-file: join the Kafka consumer group and run until SIGTERM/SIGINT (then flush,
+    commit and exit 0). Invalid events go to the dead_letters table (and the dead-letter topic)
+    with the reason. Re-running a backfill inserts nothing twice.
+
+    [bold]Examples[/]
+
+      telltale ingest --from-file .telltale/simulated/events.jsonl.gz
+
+      telltale ingest --bootstrap kafka:9092 --group telltale-ingest
+    """
+    logging.getLogger("telltale").setLevel(logging.INFO)
+    with _open(url) as wh:
+        sink = EventSink(wh)
+        try:
+            if from_file:
+                metrics = backfill(sink, from_file, progress=True)
+            else:
+                overrides = {
+                    k: v
+                    for k, v in {
+                        "bootstrap_servers": bootstrap,
+                        "group_id": group,
+                        "metrics_port": metrics_port,
+                    }.items()
+                    if v is not None
+                }
+                runner = KafkaIngest(sink, IngestSettings(**overrides))
+                runner.run()
+                metrics = runner.metrics
+        except (IngestError, warehouse.WarehouseError) as e:
+            raise _fail(str(e)) from None
+        console.print(
+            f"ingested {metrics.total_events:,} events; {metrics.total_dead:,} dead letters; "
+            f"{metrics.total_duplicates:,} duplicates dropped in-batch"
+        )
+
+
+@warehouse_app.command("migrate")
+def warehouse_migrate(url: WarehouseUrl = None) -> None:
+    """Create or upgrade the warehouse schema (idempotent)."""
+    try:
+        with warehouse.connect(url) as wh:
+            applied = warehouse.migrate(wh)
+    except warehouse.WarehouseError as e:
+        raise _fail(str(e)) from None
+    console.print(f"applied migrations {applied}" if applied else "schema is up to date")
+
+
+@warehouse_app.command("ddl")
+def warehouse_ddl(
+    cluster: Annotated[
+        str | None,
+        typer.Option(help="Emit ReplicatedMergeTree + Distributed DDL for this cluster name."),
+    ] = None,
+    database: Annotated[str, typer.Option(help="Database name.")] = "default",
+) -> None:
+    """Print the schema's DDL, for review or to apply on a ClickHouse cluster by hand."""
+    for statement in warehouse.render_ddl(cluster=cluster, database=database):
+        out.print(statement + ";\n", highlight=False, soft_wrap=True)
+
+
+@warehouse_app.command("stats")
+def warehouse_stats(url: WarehouseUrl = None) -> None:
+    """Events per table, dead letters by kind, and the daily summary."""
+    with _open(url) as wh:
+        _print_frame(warehouse.event_counts(wh), "events")
+        _print_frame(warehouse.dead_letter_counts(wh), "dead letters")
+        _print_frame(warehouse.daily_summary(wh), "daily summary (from the hourly rollup)")
+
+
+@app.command()
+def demo(
+    days: Annotated[int, typer.Option(help="Days of traffic to simulate.")] = 7,
+    seed: Annotated[int, typer.Option(help="Simulation seed.")] = 7,
+    url: WarehouseUrl = None,
+) -> None:
+    """Simulate a week of traffic, ingest it into the embedded warehouse, print a summary.
+
+    Needs no Kafka and no server: the warehouse is embedded (chdb) under ./.telltale/.
+    """
+    sc = Scenario.default().model_copy(update={"days": days})
+    with tempfile.TemporaryDirectory(prefix="telltale-demo-") as tmp:
+        console.print(f"[bold]1/3[/] simulating {days} days of traffic (seed {seed})")
+        sim = write_files(sc, Path(tmp), seed=seed, fmt="jsonl.gz", progress=True)
+        console.print("[bold]2/3[/] ingesting through the backfill path")
+        with _open(url) as wh:
+            try:
+                backfill(EventSink(wh), list(sim.event_files), progress=True)
+            except (IngestError, warehouse.WarehouseError) as e:
+                raise _fail(str(e)) from None
+            console.print("[bold]3/3[/] summary")
+            _print_frame(warehouse.event_counts(wh), "events in the warehouse")
+            _print_frame(warehouse.daily_summary(wh), "daily summary (from the hourly rollup)")
+
+
+def main() -> None:
+    """Entry point of the ``telltale`` console script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
