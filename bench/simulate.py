@@ -10,12 +10,18 @@ the 1,000,000 events/minute target. ``--write jsonl.gz`` (or jsonl, parquet) als
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-from ingest.simulate import EVENT_KINDS, Scenario, simulate, write_files
+# Run as `python bench/simulate.py`, this directory comes first on sys.path, and its ingest.py
+# (the ingest benchmark) would shadow the ingest package.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+from ingest.simulate import EVENT_KINDS, Scenario, simulate, write_files  # noqa: E402
 
 TARGET_PER_MINUTE = 1_000_000
 

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import re
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ingest.errors import TerminalIngestError
 from ingest.events import (
     DecodeFailure,
     Event,
@@ -496,5 +498,41 @@ def test_produce_to_kafka_routes_by_type_and_keys_by_user(monkeypatch):
         event = json.loads(value)
         assert topic == topics[event["type"]]
         assert key == event["user_id"].encode()
-    with pytest.raises(ValueError, match="retry"):
+    with pytest.raises(TerminalIngestError, match="retry"):
         produce_to_kafka(scenario, "broker:9092", {"response": "r"})
+
+
+@pytest.mark.kafka
+def test_produce_to_a_real_broker(kafka_broker, kafka_topics):
+    from kafka import KafkaConsumer
+
+    topics = {
+        "response": kafka_topics["responses"],
+        "feedback": kafka_topics["feedback"],
+        "retry": kafka_topics["retries"],
+        "session_start": kafka_topics["sessions"],
+        "session_end": kafka_topics["sessions"],
+    }
+    scenario = quiet(days=1)
+    counts = produce_to_kafka(scenario, kafka_broker.bootstrap, topics)
+    consumer = KafkaConsumer(
+        *set(topics.values()),
+        bootstrap_servers=kafka_broker.bootstrap,
+        auto_offset_reset="earliest",
+    )
+    got: Counter[str] = Counter()
+    partitions: dict[tuple[str, str], set[int]] = defaultdict(set)
+    values = []
+    deadline = time.monotonic() + 30
+    while len(values) < sum(counts.values()) and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=500).values():
+            for msg in records:
+                event = json.loads(msg.value)
+                got[event["type"]] += 1
+                assert msg.key == event["user_id"].encode()
+                partitions[(msg.topic, event["user_id"])].add(msg.partition)
+                values.append(msg.value)
+    consumer.close()
+    assert dict(got) == {k: n for k, n in counts.items() if n}
+    assert all(len(p) == 1 for p in partitions.values())  # one user, one partition
+    assert sorted(values) == sorted(v for chunk in simulate(scenario) for v in chunk)
