@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from types import FrameType
 
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 from pydantic import Field, SecretStr
@@ -30,7 +31,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ingest.errors import IngestError, TransientIngestError
 from ingest.metrics import IngestMetrics
 from ingest.sink import Batch, EventSink, Position
-from warehouse import TransientWarehouseError, WarehouseError
+from warehouse import (
+    TransientWarehouseError,
+    WarehouseError,
+    record_ingest_intents,
+    replay_boundary,
+)
 
 __all__ = ["IngestSettings", "KafkaIngest"]
 
@@ -124,7 +130,7 @@ class _Listener(AsyncConsumerRebalanceListener):
     """Flush and commit before partitions go to another member.
 
     kafka-python runs listeners on its IO thread while ``poll()`` waits on the main thread, so
-    the batch is not being touched; the commit must be awaited (a blocking commit from the IO
+    the batches are not being touched; the commit must be awaited (a blocking commit from the IO
     thread would deadlock), hence the async listener.
     """
 
@@ -133,26 +139,29 @@ class _Listener(AsyncConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         ingest = self._ingest
-        if not ingest._batch.size:
-            return
         try:
             offsets = ingest._write()
-            assert ingest._consumer is not None
-            await ingest._consumer.commit_async(offsets)
-            ingest._reset_batch()
-            log.info("flushed and committed before losing %d partitions", len(revoked))
+            if offsets:
+                assert ingest._consumer is not None
+                await ingest._consumer.commit_async(offsets)
+                log.info("flushed and committed before losing %d partitions", len(revoked))
         except Exception as e:
-            # The batch stays uncommitted; whoever owns the partitions next replays it and the
-            # warehouse drops what it already holds.
+            # Left uncommitted: whoever owns the partitions next rebuilds the same batches from
+            # the recorded intents, and the warehouse completes or drops them.
             log.warning("could not flush before rebalance (%s); the new owner will replay", e)
-            ingest._reset_batch()
+        ingest._reset_batches()
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._ingest._replay_checked.difference_update(assigned)
         log.info("assigned %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
 
 
 class KafkaIngest:
     """A consumer-group member that writes event topics to the warehouse.
+
+    Records are batched per partition, so that a batch is a contiguous offset range of one
+    partition: after a crash, the same range is rebuilt as the same batch, with the same dedup
+    token. Each flush first records the ranges it is about to write (``ingest_intents``).
 
     ``run()`` blocks until :meth:`stop` (or SIGTERM/SIGINT when ``install_signal_handlers``) and
     returns the total events written.
@@ -168,8 +177,13 @@ class KafkaIngest:
         self.settings = settings or IngestSettings()
         self.metrics = metrics or IngestMetrics(log_every=self.settings.log_every_seconds)
         self._stop = threading.Event()
-        self._batch = Batch()
-        self._batch_started = time.monotonic()
+        self._batches: dict[TopicPartition, Batch] = {}
+        self._pending = 0
+        self._oldest = time.monotonic()
+        # Partitions whose replay boundary was looked up since they were assigned, and the
+        # boundaries found: the last offset of a batch begun (and not committed) before a crash.
+        self._replay_checked: set[TopicPartition] = set()
+        self._replay_until: dict[TopicPartition, int] = {}
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
 
@@ -222,19 +236,39 @@ class KafkaIngest:
         while not self._stop.is_set():
             polled = consumer.poll(timeout_ms=200, max_records=s.max_poll_records)
             for tp, records in polled.items():
-                self.sink.decode_into(
-                    self._batch,
-                    ((Position(tp.topic, tp.partition, r.offset), r.value) for r in records),
-                )
-            age = time.monotonic() - self._batch_started
-            if self._batch.size >= s.batch_max_events or (
-                self._batch.size and age >= s.batch_max_seconds
+                self._add(tp, records)
+            if not self._pending:
+                self._oldest = time.monotonic()
+            elif (
+                self._pending >= s.batch_max_events
+                or time.monotonic() - self._oldest >= s.batch_max_seconds
             ):
                 self._flush_until_done()
-            elif not self._batch.size:
-                self._batch_started = time.monotonic()
-            self.metrics.maybe_log(lag=self._lag())
+            if self.metrics.log_due():
+                self.metrics.maybe_log(lag=self._lag())
         self._flush_until_done()
+
+    def _add(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+        """Decode records into their partition's batch, cutting where a crashed batch ended."""
+        if tp not in self._replay_checked:
+            self._replay_checked.add(tp)
+            until = replay_boundary(self.sink.warehouse, tp.topic, tp.partition, records[0].offset)
+            if until is not None:
+                log.info("replaying %s:%d up to offset %d", tp.topic, tp.partition, until)
+                self._replay_until[tp] = until
+        while records:
+            until = self._replay_until.get(tp)
+            take = records if until is None else [r for r in records if r.offset <= until]
+            records = records[len(take) :]
+            batch = self._batches.setdefault(tp, Batch())
+            self.sink.decode_into(
+                batch, ((Position(tp.topic, tp.partition, r.offset), r.value) for r in take)
+            )
+            self._pending += len(take)
+            if until is not None and take and take[-1].offset >= until:
+                # The rebuilt batch is complete: write it alone, as it was first written.
+                del self._replay_until[tp]
+                self._flush_until_done()
 
     def _lag(self) -> dict[tuple[str, int], int]:
         consumer = self._consumer
@@ -248,26 +282,32 @@ class KafkaIngest:
         return lag
 
     def _write(self) -> dict[TopicPartition, OffsetAndMetadata]:
-        """Write the batch and its dead letters; return the offsets that may now be committed."""
-        batch = self._batch
-        started = time.monotonic()
-        result = self.sink.flush(batch)
-        if batch.dead and self._producer is not None:
-            self._send_dead_letters(batch)
-        self.metrics.record_flush(result, time.monotonic() - started)
-        return {
-            TopicPartition(topic, partition): OffsetAndMetadata(hi + 1, None, -1)
-            for (topic, partition), (_, hi) in batch.ranges.items()
-        }
+        """Write every pending batch and its dead letters; return the offsets to commit."""
+        batches = [b for b in self._batches.values() if b.size]
+        if not batches:
+            return {}
+        record_ingest_intents(
+            self.sink.warehouse,
+            [(s, p, lo, hi) for b in batches for (s, p), (lo, hi) in b.ranges.items()],
+        )
+        offsets = {}
+        for batch in batches:
+            started = time.monotonic()
+            result = self.sink.flush(batch)
+            if batch.dead and self._producer is not None:
+                self._send_dead_letters(batch)
+            self.metrics.record_flush(result, time.monotonic() - started)
+            for (topic, partition), (_, hi) in batch.ranges.items():
+                offsets[TopicPartition(topic, partition)] = OffsetAndMetadata(hi + 1, None, -1)
+        return offsets
 
     def _flush(self) -> None:
-        """Write the batch, then commit its offsets. Raises on failure, batch kept for a retry."""
-        if not self._batch.size:
-            return
+        """Write the batches, then commit. Raises on failure; the batches stay for a retry."""
         offsets = self._write()
-        assert self._consumer is not None
-        self._consumer.commit(offsets)
-        self._reset_batch()
+        if offsets:
+            assert self._consumer is not None
+            self._consumer.commit(offsets)
+        self._reset_batches()
 
     def _send_dead_letters(self, batch: Batch) -> None:
         producer = self._producer
@@ -304,7 +344,7 @@ class KafkaIngest:
                 # The group moved on: our partitions belong to someone else now, who will
                 # replay from the last commit; the warehouse absorbs the replay.
                 log.warning("commit failed after a rebalance; batch will be replayed: %s", e)
-                self._reset_batch()
+                self._reset_batches()
                 break
             except (TransientWarehouseError, TransientIngestError, KafkaError) as e:
                 self.metrics.flush_failures.inc()
@@ -316,9 +356,9 @@ class KafkaIngest:
                 while time.monotonic() < deadline:
                     # Paused partitions return nothing, but polling keeps us in the group.
                     consumer.poll(timeout_ms=100)
-                    if not self._batch.size:  # revoked during the wait, dropped uncommitted
+                    if not self._pending:  # revoked during the wait, left uncommitted
                         break
-                if not self._batch.size:
+                if not self._pending:
                     break
                 delay = min(delay * 2, self.settings.backoff_max_seconds)
             except WarehouseError as e:
@@ -326,9 +366,10 @@ class KafkaIngest:
         if paused:
             consumer.resume(*consumer.paused())
 
-    def _reset_batch(self) -> None:
-        self._batch = Batch()
-        self._batch_started = time.monotonic()
+    def _reset_batches(self) -> None:
+        self._batches = {}
+        self._pending = 0
+        self._oldest = time.monotonic()
 
     def _close(self) -> None:
         # The consumer first: closing it revokes partitions, and the listener may still need

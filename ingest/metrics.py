@@ -87,6 +87,10 @@ class IngestMetrics:
         for (topic, partition), value in lag.items():
             self.lag.labels(topic, str(partition)).set(value)
 
+    def log_due(self) -> bool:
+        """Whether ``log_every`` seconds passed since the last status line."""
+        return time.monotonic() - self._window_start >= self._log_every
+
     def maybe_log(self, *, lag: Mapping[tuple[str, int], int] | None = None) -> None:
         """Log a one-line status if ``log_every`` seconds passed since the last one."""
         now = time.monotonic()

@@ -132,101 +132,93 @@ def _col(values: list[Any], typ: pa.DataType) -> pa.Array:
     return pa.array(values, type=typ)
 
 
-def _responses(events: list[Response], extras: list[str]) -> pa.Table:
+def _responses(events: list[Response], extras: list[str]) -> dict[str, pa.Array]:
     rows = list(zip(*(msgspec.structs.astuple(e) for e in events), strict=True))
     f = {name: rows[i] for i, name in enumerate(Response.__struct_fields__)}
     cohorts = [
         c if c else tenure_cohort(d)
         for c, d in zip(f["cohort"], f["user_tenure_days"], strict=True)
     ]
-    return pa.table(
-        {
-            "event_id": _col(f["event_id"], _STR),
-            "ts": _col(f["ts"], _TS),
-            "schema_version": _col(f["schema_version"], pa.uint8()),
-            "request_id": _col(f["request_id"], _STR),
-            "conversation_id": _col(f["conversation_id"], _STR),
-            "session_id": _col(f["session_id"], _STR),
-            "user_id": _col(f["user_id"], _STR),
-            "model_version": _col(f["model_version"], _STR),
-            "variant": _col(f["variant"], _STR),
-            "turn_index": _col(f["turn_index"], pa.uint16()),
-            "prompt": _col(f["prompt"], _STR),
-            "response": _col(f["response"], _STR),
-            "prompt_tokens": _col(f["prompt_tokens"], pa.uint32()),
-            "completion_tokens": _col(f["completion_tokens"], pa.uint32()),
-            "latency_ms": _col(f["latency_ms"], pa.float32()),
-            "ttft_ms": _col(f["ttft_ms"], pa.float32()),
-            "finish_reason": _col(f["finish_reason"], _STR),
-            "refused": _col(f["refused"], pa.bool_()),
-            "locale": _col(f["locale"], _STR),
-            "platform": _col(f["platform"], _STR),
-            "app_version": _col(f["app_version"], _STR),
-            "user_tenure_days": _col(f["user_tenure_days"], pa.uint16()),
-            "cohort": _col(cohorts, _STR),
-            "intent": _col([i or "" for i in f["intent"]], _STR),
-            "temperature": _col(f["temperature"], pa.float32()),
-            "max_tokens": _col(f["max_tokens"], pa.uint32()),
-            "opt_out": _col(f["opt_out"], pa.bool_()),
-            "extra": _col(extras, _STR),
-        }
-    )
+    return {
+        "event_id": _col(f["event_id"], _STR),
+        "ts": _col(f["ts"], _TS),
+        "schema_version": _col(f["schema_version"], pa.uint8()),
+        "request_id": _col(f["request_id"], _STR),
+        "conversation_id": _col(f["conversation_id"], _STR),
+        "session_id": _col(f["session_id"], _STR),
+        "user_id": _col(f["user_id"], _STR),
+        "model_version": _col(f["model_version"], _STR),
+        "variant": _col(f["variant"], _STR),
+        "turn_index": _col(f["turn_index"], pa.uint16()),
+        "prompt": _col(f["prompt"], _STR),
+        "response": _col(f["response"], _STR),
+        "prompt_tokens": _col(f["prompt_tokens"], pa.uint32()),
+        "completion_tokens": _col(f["completion_tokens"], pa.uint32()),
+        "latency_ms": _col(f["latency_ms"], pa.float32()),
+        "ttft_ms": _col(f["ttft_ms"], pa.float32()),
+        "finish_reason": _col(f["finish_reason"], _STR),
+        "refused": _col(f["refused"], pa.bool_()),
+        "locale": _col(f["locale"], _STR),
+        "platform": _col(f["platform"], _STR),
+        "app_version": _col(f["app_version"], _STR),
+        "user_tenure_days": _col(f["user_tenure_days"], pa.uint16()),
+        "cohort": _col(cohorts, _STR),
+        "intent": _col([i or "" for i in f["intent"]], _STR),
+        "temperature": _col(f["temperature"], pa.float32()),
+        "max_tokens": _col(f["max_tokens"], pa.uint32()),
+        "opt_out": _col(f["opt_out"], pa.bool_()),
+        "extra": _col(extras, _STR),
+    }
 
 
-def _feedback(events: list[Feedback], extras: list[str]) -> pa.Table:
-    return pa.table(
-        {
-            "event_id": _col([e.event_id for e in events], _STR),
-            "ts": _col([e.ts for e in events], _TS),
-            "schema_version": _col([e.schema_version for e in events], pa.uint8()),
-            "request_id": _col([e.request_id for e in events], _STR),
-            "user_id": _col([e.user_id for e in events], _STR),
-            "rating": _col([e.rating for e in events], pa.int8()),
-            "reason_tags": _col([e.reason_tags for e in events], pa.list_(_STR)),
-            "comment": _col([e.comment for e in events], _STR),
-            "extra": _col(extras, _STR),
-        }
-    )
+def _feedback(events: list[Feedback], extras: list[str]) -> dict[str, pa.Array]:
+    return {
+        "event_id": _col([e.event_id for e in events], _STR),
+        "ts": _col([e.ts for e in events], _TS),
+        "schema_version": _col([e.schema_version for e in events], pa.uint8()),
+        "request_id": _col([e.request_id for e in events], _STR),
+        "user_id": _col([e.user_id for e in events], _STR),
+        "rating": _col([e.rating for e in events], pa.int8()),
+        "reason_tags": _col([e.reason_tags for e in events], pa.list_(_STR)),
+        "comment": _col([e.comment for e in events], _STR),
+        "extra": _col(extras, _STR),
+    }
 
 
-def _retries(events: list[Retry], extras: list[str]) -> pa.Table:
-    return pa.table(
-        {
-            "event_id": _col([e.event_id for e in events], _STR),
-            "ts": _col([e.ts for e in events], _TS),
-            "schema_version": _col([e.schema_version for e in events], pa.uint8()),
-            "request_id": _col([e.request_id for e in events], _STR),
-            "new_request_id": _col([e.new_request_id for e in events], _STR),
-            "kind": _col([e.kind for e in events], _STR),
-            "user_id": _col([e.user_id for e in events], _STR),
-            "extra": _col(extras, _STR),
-        }
-    )
+def _retries(events: list[Retry], extras: list[str]) -> dict[str, pa.Array]:
+    return {
+        "event_id": _col([e.event_id for e in events], _STR),
+        "ts": _col([e.ts for e in events], _TS),
+        "schema_version": _col([e.schema_version for e in events], pa.uint8()),
+        "request_id": _col([e.request_id for e in events], _STR),
+        "new_request_id": _col([e.new_request_id for e in events], _STR),
+        "kind": _col([e.kind for e in events], _STR),
+        "user_id": _col([e.user_id for e in events], _STR),
+        "extra": _col(extras, _STR),
+    }
 
 
-def _sessions(events: list[SessionStart | SessionEnd], extras: list[str]) -> pa.Table:
+def _sessions(events: list[SessionStart | SessionEnd], extras: list[str]) -> dict[str, pa.Array]:
     ends = [e if isinstance(e, SessionEnd) else None for e in events]
-    return pa.table(
-        {
-            "event_id": _col([e.event_id for e in events], _STR),
-            "ts": _col([e.ts for e in events], _TS),
-            "schema_version": _col([e.schema_version for e in events], pa.uint8()),
-            "type": _col(["session_end" if e else "session_start" for e in ends], _STR),
-            "session_id": _col([e.session_id for e in events], _STR),
-            "user_id": _col([e.user_id for e in events], _STR),
-            "platform": _col([getattr(e, "platform", "other") for e in events], _STR),
-            "locale": _col([getattr(e, "locale", "und") for e in events], _STR),
-            "turns": _col([e.turns if e else None for e in ends], pa.uint32()),
-            "seconds": _col([e.seconds if e else None for e in ends], pa.float64()),
-            "end_reason": _col([e.end_reason if e else "" for e in ends], _STR),
-            "task_completed": _col([e.task_completed if e else None for e in ends], pa.bool_()),
-            "extra": _col(extras, _STR),
-        }
-    )
+    return {
+        "event_id": _col([e.event_id for e in events], _STR),
+        "ts": _col([e.ts for e in events], _TS),
+        "schema_version": _col([e.schema_version for e in events], pa.uint8()),
+        "type": _col(["session_end" if e else "session_start" for e in ends], _STR),
+        "session_id": _col([e.session_id for e in events], _STR),
+        "user_id": _col([e.user_id for e in events], _STR),
+        "platform": _col([getattr(e, "platform", "other") for e in events], _STR),
+        "locale": _col([getattr(e, "locale", "und") for e in events], _STR),
+        "turns": _col([e.turns if e else None for e in ends], pa.uint32()),
+        "seconds": _col([e.seconds if e else None for e in ends], pa.float64()),
+        "end_reason": _col([e.end_reason if e else "" for e in ends], _STR),
+        "task_completed": _col([e.task_completed if e else None for e in ends], pa.bool_()),
+        "extra": _col(extras, _STR),
+    }
 
 
 # Responses first: feedback and retries in the same batch look their response up by request_id.
-_BUILDERS: dict[str, Callable[[Any, list[str]], pa.Table]] = {
+_BUILDERS: dict[str, Callable[[Any, list[str]], dict[str, pa.Array]]] = {
     "responses": _responses,
     "feedback": _feedback,
     "retries": _retries,
@@ -270,8 +262,11 @@ class EventSink:
             events = batch.rows.get(table)
             if not events:
                 continue
-            data = build(events, batch.extras[table])
-            self.warehouse.insert_arrow(f"{table}_in", data, dedup_token=f"{token}:{table}")
+            columns = build(events, batch.extras[table])
+            columns["ingest_batch"] = pa.array([token] * len(events), _STR)
+            self.warehouse.insert_arrow(
+                f"{table}_in", pa.table(columns), dedup_token=f"{token}:{table}"
+            )
             written[table] = len(events)
         if batch.dead:
             self.warehouse.insert_arrow(

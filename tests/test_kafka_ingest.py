@@ -279,6 +279,9 @@ class FlakyWarehouse:
         self.failures = failures
         self.attempts = 0
 
+    def __getattr__(self, name):  # queries and the rest go to the real warehouse
+        return getattr(self._inner, name)
+
     def insert_arrow(self, table, data, *, dedup_token=None):
         self.attempts += 1
         if self.failures > 0:

@@ -10,6 +10,7 @@ import datetime as dt
 from collections.abc import Sequence
 
 import polars as pl
+import pyarrow as pa
 
 from warehouse.connection import Warehouse
 from warehouse.errors import TerminalWarehouseError
@@ -22,6 +23,8 @@ __all__ = [
     "dead_letters",
     "event_counts",
     "hourly_rollup",
+    "record_ingest_intents",
+    "replay_boundary",
 ]
 
 EVENT_TABLES = ("responses", "feedback", "retries", "sessions")
@@ -35,6 +38,37 @@ def _dimensions(group_by: Sequence[str]) -> list[str]:
             f"cannot group by {unknown}: choose from {', '.join(ROLLUP_DIMENSIONS)}"
         )
     return list(dict.fromkeys(group_by))
+
+
+def record_ingest_intents(wh: Warehouse, ranges: Sequence[tuple[str, int, int, int]]) -> None:
+    """Note ``(source, partition, first_offset, last_offset)`` of batches about to be written.
+
+    After a crash, the consumer rebuilds exactly these batches from the same offsets (see
+    :func:`replay_boundary`), so their dedup tokens match and a half-written batch completes.
+    """
+    sources, partitions, firsts, lasts = (list(c) for c in zip(*ranges, strict=True))
+    wh.insert_arrow(
+        "ingest_intents",
+        pa.table(
+            {
+                "source": pa.array(sources, pa.string()),
+                "partition": pa.array(partitions, pa.int32()),
+                "first_offset": pa.array(firsts, pa.int64()),
+                "last_offset": pa.array(lasts, pa.int64()),
+            }
+        ),
+    )
+
+
+def replay_boundary(wh: Warehouse, source: str, partition: int, first_offset: int) -> int | None:
+    """The last offset of a batch once begun at ``first_offset``, or None if there was none."""
+    frame = wh.query_frame(
+        f"SELECT last_offset FROM {wh.database}.ingest_intents FINAL"
+        " WHERE source = {source:String} AND partition = {partition:Int32}"
+        " AND first_offset = {first:Int64} LIMIT 1",
+        parameters={"source": source, "partition": partition, "first": first_offset},
+    )
+    return int(frame["last_offset"][0]) if frame.height else None
 
 
 def event_counts(wh: Warehouse) -> pl.DataFrame:

@@ -7,10 +7,18 @@ The write path, per event kind::
                                                               ├─mv─► request_attrs / session_attrs
                                                               └─mv─► rollup_hourly / sessions_hourly
 
-The sink inserts into the ``_in`` tables with an ``insert_deduplication_token``: a replayed
-batch is dropped whole by the token, and an event_id a producer sent twice (another offset,
-another batch) is dropped by the ``event_ids`` filter. Raw tables are ReplacingMergeTree keyed
-on ``event_id`` as a last guard, so ``FINAL`` reads are exact even if both guards were passed.
+The sink inserts into the ``_in`` tables with a deterministic ``insert_deduplication_token``
+per batch, and stamps each row with that batch's name (``ingest_batch``). Two kinds of repeat:
+
+- a **replayed batch** (the consumer died before committing; the same offsets come back as the
+  same batch, see ``ingest_intents``) passes the ``event_ids`` filter, because the ids were seen
+  in that very batch, and every table down the chain drops the blocks it already holds by token
+  and writes the ones it missed: an insert interrupted half-way through the chain completes;
+- a **producer duplicate** (the same ``event_id`` at another offset, in another batch) is dropped
+  by the ``event_ids`` filter.
+
+Raw tables are ReplacingMergeTree keyed on ``event_id`` as a last guard, so ``FINAL`` reads are
+exact even if both guards were passed.
 
 Feedback and retries carry no model version: their rollup rows take it from the response they
 refer to (``request_attrs``, a key-value table joined by key lookup). Feedback whose response
@@ -27,8 +35,13 @@ from dataclasses import dataclass
 
 __all__ = ["TABLES", "VIEWS", "Table", "View", "render_ddl"]
 
-DEDUP_WINDOW = 10_000
-"""Insert blocks remembered per table for token deduplication: covers the longest replay."""
+DEDUP_WINDOW = 100_000
+"""Insert blocks remembered per table for token deduplication. It must cover every block written
+during ``REPLAY_GRACE_SECONDS``: one per partition batch per flush (about 30k at 8 partitions and
+one flush a second)."""
+
+REPLAY_GRACE_SECONDS = 3_600
+"""How long after its first attempt a batch may be replayed and completed (see module doc)."""
 
 EVENT_ID_TTL_SECONDS = 30 * 86_400
 """How long an event_id is remembered for producer-duplicate filtering."""
@@ -61,7 +74,8 @@ _RESPONSE_COLUMNS = """
     temperature Nullable(Float32),
     max_tokens Nullable(UInt32),
     opt_out Bool,
-    extra String"""
+    extra String,
+    ingest_batch String"""
 
 _FEEDBACK_COLUMNS = """
     event_id String,
@@ -72,7 +86,8 @@ _FEEDBACK_COLUMNS = """
     rating Int8,
     reason_tags Array(String),
     comment Nullable(String),
-    extra String"""
+    extra String,
+    ingest_batch String"""
 
 _RETRY_COLUMNS = """
     event_id String,
@@ -82,7 +97,8 @@ _RETRY_COLUMNS = """
     new_request_id String,
     kind LowCardinality(String),
     user_id String,
-    extra String"""
+    extra String,
+    ingest_batch String"""
 
 _SESSION_COLUMNS = """
     event_id String,
@@ -97,7 +113,8 @@ _SESSION_COLUMNS = """
     seconds Nullable(Float64),
     end_reason LowCardinality(String),
     task_completed Nullable(Bool),
-    extra String"""
+    extra String,
+    ingest_batch String"""
 
 _ROLLUP_DIMS = """
     hour DateTime('UTC'),
@@ -166,7 +183,8 @@ TABLES: tuple[Table, ...] = (
     *_raw("sessions", _SESSION_COLUMNS, "(toStartOfHour(ts), event_id)"),
     Table(
         "event_ids",
-        "event_id String,\n    kind LowCardinality(String)",
+        "event_id String,\n    kind LowCardinality(String),\n    ingest_batch String,\n"
+        "    seen_at DateTime('UTC')",
         f"EmbeddedRocksDB({EVENT_ID_TTL_SECONDS})",
         primary_key="event_id",
     ),
@@ -211,6 +229,7 @@ TABLES: tuple[Table, ...] = (
         "SummingMergeTree",
         order_by="(model_version, hour, variant, locale, platform, intent, cohort)",
         partition_by="toYYYYMM(hour)",
+        dedup=True,
     ),
     Table(
         "sessions_hourly",
@@ -229,6 +248,19 @@ TABLES: tuple[Table, ...] = (
         "SummingMergeTree",
         order_by="(model_version, hour, variant, locale, platform, cohort)",
         partition_by="toYYYYMM(hour)",
+        dedup=True,
+    ),
+    Table(
+        "ingest_intents",
+        """
+    source LowCardinality(String),
+    partition Int32,
+    first_offset Int64,
+    last_offset Int64,
+    created_at DateTime64(3, 'UTC') DEFAULT now64(3)""",
+        "ReplacingMergeTree",
+        order_by="(source, partition, first_offset)",
+        shard_key="cityHash64(source, partition)",
     ),
     Table(
         "dead_letters",
@@ -263,7 +295,13 @@ TABLES: tuple[Table, ...] = (
     ),
 )
 
-_NOT_SEEN = "LEFT JOIN {t[event_ids]} AS s ON i.event_id = s.event_id WHERE s.kind = ''"
+# Keep an event unless its id was stored by another batch; a replay of the same batch passes, so
+# an interrupted insert chain can complete (see the module docstring).
+_NOT_SEEN = (
+    "LEFT JOIN {t[event_ids]} AS s ON i.event_id = s.event_id WHERE s.kind = ''"
+    " OR (s.ingest_batch = i.ingest_batch"
+    f" AND s.seen_at > now() - INTERVAL {REPLAY_GRACE_SECONDS} SECOND)"
+)
 _DIRECT = "SETTINGS join_algorithm = 'direct'"
 _ROLLUP_KEYS = "hour, model_version, variant, locale, platform, intent, cohort"
 
@@ -282,7 +320,7 @@ VIEWS: tuple[View, ...] = (
             f"{name}_ids_mv",
             name,
             "event_ids",
-            f"SELECT event_id, '{name}' AS kind FROM {{t[{name}]}}",
+            f"SELECT event_id, '{name}' AS kind, ingest_batch, now() AS seen_at FROM {{t[{name}]}}",
         )
         for name in ("responses", "feedback", "retries", "sessions")
     ),

@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS prod.responses_in_local ON CLUSTER telltale (
     temperature Nullable(Float32),
     max_tokens Nullable(UInt32),
     opt_out Bool,
-    extra String
+    extra String,
+    ingest_batch String
 ) ENGINE = Null;
 
 CREATE TABLE IF NOT EXISTS prod.responses_in ON CLUSTER telltale AS prod.responses_in_local ENGINE = Distributed(telltale, prod, responses_in_local, cityHash64(user_id));
@@ -60,12 +61,13 @@ CREATE TABLE IF NOT EXISTS prod.responses_local ON CLUSTER telltale (
     max_tokens Nullable(UInt32),
     opt_out Bool,
     extra String,
+    ingest_batch String,
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3),
     INDEX idx_request_id request_id TYPE bloom_filter GRANULARITY 4
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/responses_local', '{replica}')
 PARTITION BY toDate(ts)
 ORDER BY (model_version, toStartOfHour(ts), event_id)
-SETTINGS replicated_deduplication_window = 10000;
+SETTINGS replicated_deduplication_window = 100000;
 
 CREATE TABLE IF NOT EXISTS prod.responses ON CLUSTER telltale AS prod.responses_local ENGINE = Distributed(telltale, prod, responses_local, cityHash64(user_id));
 
@@ -78,7 +80,8 @@ CREATE TABLE IF NOT EXISTS prod.feedback_in_local ON CLUSTER telltale (
     rating Int8,
     reason_tags Array(String),
     comment Nullable(String),
-    extra String
+    extra String,
+    ingest_batch String
 ) ENGINE = Null;
 
 CREATE TABLE IF NOT EXISTS prod.feedback_in ON CLUSTER telltale AS prod.feedback_in_local ENGINE = Distributed(telltale, prod, feedback_in_local, cityHash64(user_id));
@@ -93,11 +96,12 @@ CREATE TABLE IF NOT EXISTS prod.feedback_local ON CLUSTER telltale (
     reason_tags Array(String),
     comment Nullable(String),
     extra String,
+    ingest_batch String,
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/feedback_local', '{replica}')
 PARTITION BY toDate(ts)
 ORDER BY (toStartOfHour(ts), event_id)
-SETTINGS replicated_deduplication_window = 10000;
+SETTINGS replicated_deduplication_window = 100000;
 
 CREATE TABLE IF NOT EXISTS prod.feedback ON CLUSTER telltale AS prod.feedback_local ENGINE = Distributed(telltale, prod, feedback_local, cityHash64(user_id));
 
@@ -109,7 +113,8 @@ CREATE TABLE IF NOT EXISTS prod.retries_in_local ON CLUSTER telltale (
     new_request_id String,
     kind LowCardinality(String),
     user_id String,
-    extra String
+    extra String,
+    ingest_batch String
 ) ENGINE = Null;
 
 CREATE TABLE IF NOT EXISTS prod.retries_in ON CLUSTER telltale AS prod.retries_in_local ENGINE = Distributed(telltale, prod, retries_in_local, cityHash64(user_id));
@@ -123,11 +128,12 @@ CREATE TABLE IF NOT EXISTS prod.retries_local ON CLUSTER telltale (
     kind LowCardinality(String),
     user_id String,
     extra String,
+    ingest_batch String,
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/retries_local', '{replica}')
 PARTITION BY toDate(ts)
 ORDER BY (toStartOfHour(ts), event_id)
-SETTINGS replicated_deduplication_window = 10000;
+SETTINGS replicated_deduplication_window = 100000;
 
 CREATE TABLE IF NOT EXISTS prod.retries ON CLUSTER telltale AS prod.retries_local ENGINE = Distributed(telltale, prod, retries_local, cityHash64(user_id));
 
@@ -144,7 +150,8 @@ CREATE TABLE IF NOT EXISTS prod.sessions_in_local ON CLUSTER telltale (
     seconds Nullable(Float64),
     end_reason LowCardinality(String),
     task_completed Nullable(Bool),
-    extra String
+    extra String,
+    ingest_batch String
 ) ENGINE = Null;
 
 CREATE TABLE IF NOT EXISTS prod.sessions_in ON CLUSTER telltale AS prod.sessions_in_local ENGINE = Distributed(telltale, prod, sessions_in_local, cityHash64(user_id));
@@ -163,17 +170,20 @@ CREATE TABLE IF NOT EXISTS prod.sessions_local ON CLUSTER telltale (
     end_reason LowCardinality(String),
     task_completed Nullable(Bool),
     extra String,
+    ingest_batch String,
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/sessions_local', '{replica}')
 PARTITION BY toDate(ts)
 ORDER BY (toStartOfHour(ts), event_id)
-SETTINGS replicated_deduplication_window = 10000;
+SETTINGS replicated_deduplication_window = 100000;
 
 CREATE TABLE IF NOT EXISTS prod.sessions ON CLUSTER telltale AS prod.sessions_local ENGINE = Distributed(telltale, prod, sessions_local, cityHash64(user_id));
 
 CREATE TABLE IF NOT EXISTS prod.event_ids_local ON CLUSTER telltale (
 event_id String,
-    kind LowCardinality(String)
+    kind LowCardinality(String),
+    ingest_batch String,
+    seen_at DateTime('UTC')
 ) ENGINE = EmbeddedRocksDB(2592000)
 PRIMARY KEY event_id;
 
@@ -226,7 +236,8 @@ CREATE TABLE IF NOT EXISTS prod.rollup_hourly_local ON CLUSTER telltale (
     retries UInt64
 ) ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/{database}/rollup_hourly_local', '{replica}')
 PARTITION BY toYYYYMM(hour)
-ORDER BY (model_version, hour, variant, locale, platform, intent, cohort);
+ORDER BY (model_version, hour, variant, locale, platform, intent, cohort)
+SETTINGS replicated_deduplication_window = 100000;
 
 CREATE TABLE IF NOT EXISTS prod.rollup_hourly ON CLUSTER telltale AS prod.rollup_hourly_local ENGINE = Distributed(telltale, prod, rollup_hourly_local, cityHash64(user_id));
 
@@ -244,9 +255,21 @@ CREATE TABLE IF NOT EXISTS prod.sessions_hourly_local ON CLUSTER telltale (
     completed UInt64
 ) ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/{database}/sessions_hourly_local', '{replica}')
 PARTITION BY toYYYYMM(hour)
-ORDER BY (model_version, hour, variant, locale, platform, cohort);
+ORDER BY (model_version, hour, variant, locale, platform, cohort)
+SETTINGS replicated_deduplication_window = 100000;
 
 CREATE TABLE IF NOT EXISTS prod.sessions_hourly ON CLUSTER telltale AS prod.sessions_hourly_local ENGINE = Distributed(telltale, prod, sessions_hourly_local, cityHash64(user_id));
+
+CREATE TABLE IF NOT EXISTS prod.ingest_intents_local ON CLUSTER telltale (
+    source LowCardinality(String),
+    partition Int32,
+    first_offset Int64,
+    last_offset Int64,
+    created_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/ingest_intents_local', '{replica}')
+ORDER BY (source, partition, first_offset);
+
+CREATE TABLE IF NOT EXISTS prod.ingest_intents ON CLUSTER telltale AS prod.ingest_intents_local ENGINE = Distributed(telltale, prod, ingest_intents_local, cityHash64(source, partition));
 
 CREATE TABLE IF NOT EXISTS prod.dead_letters_local ON CLUSTER telltale (
     received_at DateTime64(3, 'UTC'),
@@ -260,7 +283,7 @@ CREATE TABLE IF NOT EXISTS prod.dead_letters_local ON CLUSTER telltale (
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/dead_letters_local', '{replica}')
 PARTITION BY toYYYYMM(received_at)
 ORDER BY (source, partition, offset)
-SETTINGS replicated_deduplication_window = 10000;
+SETTINGS replicated_deduplication_window = 100000;
 
 CREATE TABLE IF NOT EXISTS prod.dead_letters ON CLUSTER telltale AS prod.dead_letters_local ENGINE = Distributed(telltale, prod, dead_letters_local, cityHash64(source, partition));
 
@@ -277,21 +300,21 @@ ORDER BY (id);
 
 CREATE TABLE IF NOT EXISTS prod.annotations ON CLUSTER telltale AS prod.annotations_local ENGINE = Distributed(telltale, prod, annotations_local, cityHash64(id));
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS prod.responses_dedup_mv ON CLUSTER telltale TO prod.responses_local AS SELECT i.* FROM prod.responses_in_local AS i LEFT JOIN prod.event_ids_local AS s ON i.event_id = s.event_id WHERE s.kind = '' SETTINGS join_algorithm = 'direct';
+CREATE MATERIALIZED VIEW IF NOT EXISTS prod.responses_dedup_mv ON CLUSTER telltale TO prod.responses_local AS SELECT i.* FROM prod.responses_in_local AS i LEFT JOIN prod.event_ids_local AS s ON i.event_id = s.event_id WHERE s.kind = '' OR (s.ingest_batch = i.ingest_batch AND s.seen_at > now() - INTERVAL 3600 SECOND) SETTINGS join_algorithm = 'direct';
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS prod.feedback_dedup_mv ON CLUSTER telltale TO prod.feedback_local AS SELECT i.* FROM prod.feedback_in_local AS i LEFT JOIN prod.event_ids_local AS s ON i.event_id = s.event_id WHERE s.kind = '' SETTINGS join_algorithm = 'direct';
+CREATE MATERIALIZED VIEW IF NOT EXISTS prod.feedback_dedup_mv ON CLUSTER telltale TO prod.feedback_local AS SELECT i.* FROM prod.feedback_in_local AS i LEFT JOIN prod.event_ids_local AS s ON i.event_id = s.event_id WHERE s.kind = '' OR (s.ingest_batch = i.ingest_batch AND s.seen_at > now() - INTERVAL 3600 SECOND) SETTINGS join_algorithm = 'direct';
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS prod.retries_dedup_mv ON CLUSTER telltale TO prod.retries_local AS SELECT i.* FROM prod.retries_in_local AS i LEFT JOIN prod.event_ids_local AS s ON i.event_id = s.event_id WHERE s.kind = '' SETTINGS join_algorithm = 'direct';
+CREATE MATERIALIZED VIEW IF NOT EXISTS prod.retries_dedup_mv ON CLUSTER telltale TO prod.retries_local AS SELECT i.* FROM prod.retries_in_local AS i LEFT JOIN prod.event_ids_local AS s ON i.event_id = s.event_id WHERE s.kind = '' OR (s.ingest_batch = i.ingest_batch AND s.seen_at > now() - INTERVAL 3600 SECOND) SETTINGS join_algorithm = 'direct';
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS prod.sessions_dedup_mv ON CLUSTER telltale TO prod.sessions_local AS SELECT i.* FROM prod.sessions_in_local AS i LEFT JOIN prod.event_ids_local AS s ON i.event_id = s.event_id WHERE s.kind = '' SETTINGS join_algorithm = 'direct';
+CREATE MATERIALIZED VIEW IF NOT EXISTS prod.sessions_dedup_mv ON CLUSTER telltale TO prod.sessions_local AS SELECT i.* FROM prod.sessions_in_local AS i LEFT JOIN prod.event_ids_local AS s ON i.event_id = s.event_id WHERE s.kind = '' OR (s.ingest_batch = i.ingest_batch AND s.seen_at > now() - INTERVAL 3600 SECOND) SETTINGS join_algorithm = 'direct';
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS prod.responses_ids_mv ON CLUSTER telltale TO prod.event_ids_local AS SELECT event_id, 'responses' AS kind FROM prod.responses_local;
+CREATE MATERIALIZED VIEW IF NOT EXISTS prod.responses_ids_mv ON CLUSTER telltale TO prod.event_ids_local AS SELECT event_id, 'responses' AS kind, ingest_batch, now() AS seen_at FROM prod.responses_local;
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS prod.feedback_ids_mv ON CLUSTER telltale TO prod.event_ids_local AS SELECT event_id, 'feedback' AS kind FROM prod.feedback_local;
+CREATE MATERIALIZED VIEW IF NOT EXISTS prod.feedback_ids_mv ON CLUSTER telltale TO prod.event_ids_local AS SELECT event_id, 'feedback' AS kind, ingest_batch, now() AS seen_at FROM prod.feedback_local;
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS prod.retries_ids_mv ON CLUSTER telltale TO prod.event_ids_local AS SELECT event_id, 'retries' AS kind FROM prod.retries_local;
+CREATE MATERIALIZED VIEW IF NOT EXISTS prod.retries_ids_mv ON CLUSTER telltale TO prod.event_ids_local AS SELECT event_id, 'retries' AS kind, ingest_batch, now() AS seen_at FROM prod.retries_local;
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS prod.sessions_ids_mv ON CLUSTER telltale TO prod.event_ids_local AS SELECT event_id, 'sessions' AS kind FROM prod.sessions_local;
+CREATE MATERIALIZED VIEW IF NOT EXISTS prod.sessions_ids_mv ON CLUSTER telltale TO prod.event_ids_local AS SELECT event_id, 'sessions' AS kind, ingest_batch, now() AS seen_at FROM prod.sessions_local;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS prod.request_attrs_mv ON CLUSTER telltale TO prod.request_attrs_local AS SELECT request_id, toDateTime(ts, 'UTC') AS response_ts, model_version, variant, locale, platform, intent, cohort FROM prod.responses_local;
 
