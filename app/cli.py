@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -276,6 +278,8 @@ def demo(
 
 def main() -> None:
     """Entry point of the ``telltale`` console script."""
+    # `kill -USR1 PID` prints every thread's stack: how to see what a stuck consumer is doing.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         app()
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ from ingest.events import (
 )
 from ingest.metrics import IngestMetrics
 from ingest.simulate import Scenario, ground_truth, produce_to_kafka, simulate, write_files
-from ingest.sink import Batch, EventSink, FlushResult, Position, tenure_cohort
+from ingest.sink import Batch, EventSink, FlushResult, Position
 
 __all__ = [
     "EVENT_TYPES",
@@ -46,6 +46,5 @@ __all__ = [
     "iter_file",
     "produce_to_kafka",
     "simulate",
-    "tenure_cohort",
     "write_files",
 ]

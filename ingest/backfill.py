@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, 
 
 from ingest.errors import TerminalIngestError
 from ingest.metrics import IngestMetrics
-from ingest.sink import Batch, EventSink, Position
+from ingest.sink import Batch, EventSink
 
 __all__ = ["backfill", "iter_file"]
 
@@ -77,20 +77,24 @@ def backfill(
             bar.update(task, description=path.name)
             source = _source(path)
             size = path.stat().st_size
-            batch = Batch()
+            items: list[tuple[int, bytes | None]] = []
             for n, raw in iter_file(path):
-                batch.add(Position(source, 0, n), raw, sink.decoder.decode(raw))
-                if batch.size >= CHUNK_LINES:
-                    _flush(sink, batch, metrics)
+                items.append((n, raw))
+                if len(items) >= CHUNK_LINES:
+                    _flush(sink, source, items, metrics)
                     bar.update(task, events=metrics.total_events, dead=metrics.total_dead)
-                    batch = Batch()
-            _flush(sink, batch, metrics)
+                    items = []
+            _flush(sink, source, items, metrics)
             bar.update(task, advance=size, events=metrics.total_events, dead=metrics.total_dead)
     return metrics
 
 
-def _flush(sink: EventSink, batch: Batch, metrics: IngestMetrics) -> None:
-    if not batch.size:
+def _flush(
+    sink: EventSink, source: str, items: list[tuple[int, bytes | None]], metrics: IngestMetrics
+) -> None:
+    if not items:
         return
+    batch = Batch()
+    batch.extend(source, 0, items, sink.decoder)
     started = time.monotonic()
     metrics.record_flush(sink.flush(batch), time.monotonic() - started)

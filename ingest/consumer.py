@@ -18,7 +18,9 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import FrameType
 
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
@@ -30,7 +32,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.errors import IngestError, TransientIngestError
 from ingest.metrics import IngestMetrics
-from ingest.sink import Batch, EventSink, Position
+from ingest.sink import Batch, EventSink
 from warehouse import (
     TransientWarehouseError,
     WarehouseError,
@@ -126,6 +128,15 @@ class IngestSettings(BaseSettings):
         }
 
 
+@dataclass
+class _Flight:
+    """Batches handed to the writer thread, and the future of their write."""
+
+    batches: list[Batch]
+    future: Future[dict[TopicPartition, OffsetAndMetadata]]
+    abandoned: bool = False
+
+
 class _Listener(AsyncConsumerRebalanceListener):
     """Flush and commit before partitions go to another member.
 
@@ -140,7 +151,7 @@ class _Listener(AsyncConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         ingest = self._ingest
         try:
-            offsets = ingest._write()
+            offsets = ingest._drain()
             if offsets:
                 assert ingest._consumer is not None
                 await ingest._consumer.commit_async(offsets)
@@ -184,6 +195,10 @@ class KafkaIngest:
         # boundaries found: the last offset of a batch begun (and not committed) before a crash.
         self._replay_checked: set[TopicPartition] = set()
         self._replay_until: dict[TopicPartition, int] = {}
+        # One flight of batches is written in the background while the next one fills: the
+        # warehouse insert releases the GIL, so it overlaps with fetching and decoding.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telltale-writer")
+        self._inflight: _Flight | None = None
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
 
@@ -237,16 +252,18 @@ class KafkaIngest:
             polled = consumer.poll(timeout_ms=200, max_records=s.max_poll_records)
             for tp, records in polled.items():
                 self._add(tp, records)
+            if self._inflight is not None and self._inflight.future.done():
+                self._land()  # commit as soon as the write is done, not at the next flush
             if not self._pending:
                 self._oldest = time.monotonic()
             elif (
                 self._pending >= s.batch_max_events
                 or time.monotonic() - self._oldest >= s.batch_max_seconds
             ):
-                self._flush_until_done()
+                self._rotate()
             if self.metrics.log_due():
                 self.metrics.maybe_log(lag=self._lag())
-        self._flush_until_done()
+        self._rotate(wait=True)
 
     def _add(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         """Decode records into their partition's batch, cutting where a crashed batch ended."""
@@ -261,14 +278,14 @@ class KafkaIngest:
             take = records if until is None else [r for r in records if r.offset <= until]
             records = records[len(take) :]
             batch = self._batches.setdefault(tp, Batch())
-            self.sink.decode_into(
-                batch, ((Position(tp.topic, tp.partition, r.offset), r.value) for r in take)
+            batch.extend(
+                tp.topic, tp.partition, [(r.offset, r.value) for r in take], self.sink.decoder
             )
             self._pending += len(take)
             if until is not None and take and take[-1].offset >= until:
                 # The rebuilt batch is complete: write it alone, as it was first written.
                 del self._replay_until[tp]
-                self._flush_until_done()
+                self._rotate()
 
     def _lag(self) -> dict[tuple[str, int], int]:
         consumer = self._consumer
@@ -281,9 +298,12 @@ class KafkaIngest:
         self.metrics.record_lag(lag)
         return lag
 
-    def _write(self) -> dict[TopicPartition, OffsetAndMetadata]:
-        """Write every pending batch and its dead letters; return the offsets to commit."""
-        batches = [b for b in self._batches.values() if b.size]
+    def _write(self, batches: list[Batch]) -> dict[TopicPartition, OffsetAndMetadata]:
+        """Write batches and their dead letters; return the offsets that may then be committed.
+
+        Runs on the writer thread (or in the rebalance listener); raises on failure, and may be
+        called again with the same batches.
+        """
         if not batches:
             return {}
         record_ingest_intents(
@@ -301,13 +321,78 @@ class KafkaIngest:
                 offsets[TopicPartition(topic, partition)] = OffsetAndMetadata(hi + 1, None, -1)
         return offsets
 
-    def _flush(self) -> None:
-        """Write the batches, then commit. Raises on failure; the batches stay for a retry."""
-        offsets = self._write()
-        if offsets:
-            assert self._consumer is not None
-            self._consumer.commit(offsets)
+    def _take_batches(self) -> list[Batch]:
+        batches = [b for b in self._batches.values() if b.size]
         self._reset_batches()
+        return batches
+
+    def _rotate(self, *, wait: bool = False) -> None:
+        """Land the flight in the air, then send the current batches off as the next one."""
+        self._land()
+        batches = self._take_batches()
+        if batches:
+            self._inflight = _Flight(batches, self._writer.submit(self._write, batches))
+            if wait:
+                self._land()
+
+    def _land(self) -> None:
+        """Wait for the flight in the air; retry it with backoff while failures are transient;
+        then commit its offsets. Offsets are committed in flight order, never past a failure."""
+        flight = self._inflight
+        if flight is None:
+            return
+        consumer = self._consumer
+        assert consumer is not None
+        delay = 0.5
+        paused = False
+        try:
+            while True:
+                try:
+                    offsets = flight.future.result()
+                    break
+                except (TransientWarehouseError, TransientIngestError, KafkaError) as e:
+                    self.metrics.flush_failures.inc()
+                    log.warning("flush failed (%s); retrying in %.1f s", e, delay)
+                    if not paused:
+                        consumer.pause(*consumer.assignment())
+                        paused = True
+                    deadline = time.monotonic() + delay
+                    while time.monotonic() < deadline and not flight.abandoned:
+                        # Paused partitions return nothing, but polling keeps us in the group.
+                        consumer.poll(timeout_ms=100)
+                    if flight.abandoned:  # revoked meanwhile: left uncommitted, replayed
+                        return
+                    delay = min(delay * 2, self.settings.backoff_max_seconds)
+                    flight.future = self._writer.submit(self._write, flight.batches)
+                except WarehouseError as e:
+                    raise IngestError(f"cannot write to the warehouse, not retrying: {e}") from e
+        finally:
+            if paused:
+                consumer.resume(*consumer.paused())
+            if self._inflight is flight:
+                self._inflight = None
+        if flight.abandoned or not offsets:
+            return
+        try:
+            consumer.commit(offsets)
+        except CommitFailedError as e:
+            # The group moved on; the new owner replays from the last commit and the warehouse
+            # absorbs the replay.
+            log.warning("commit failed after a rebalance; the batches will be replayed: %s", e)
+
+    def _drain(self) -> dict[TopicPartition, OffsetAndMetadata]:
+        """Finish the flight and write the current batches now (before partitions are revoked).
+
+        Raises if anything failed: then nothing may be committed.
+        """
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        flight = self._inflight
+        if flight is not None:
+            flight.abandoned = True  # the main thread must not commit or retry it
+            self._inflight = None
+            offsets.update(flight.future.result())
+        offsets.update(self._write(self._take_batches()))
+        return offsets
 
     def _send_dead_letters(self, batch: Batch) -> None:
         producer = self._producer
@@ -330,42 +415,6 @@ class KafkaIngest:
         except KafkaError as e:
             raise TransientIngestError(f"dead-letter topic {topic}: {e}") from e
 
-    def _flush_until_done(self) -> None:
-        """Flush with capped exponential backoff while the failure is transient."""
-        consumer = self._consumer
-        assert consumer is not None
-        delay = 0.5
-        paused = False
-        while True:
-            try:
-                self._flush()
-                break
-            except CommitFailedError as e:
-                # The group moved on: our partitions belong to someone else now, who will
-                # replay from the last commit; the warehouse absorbs the replay.
-                log.warning("commit failed after a rebalance; batch will be replayed: %s", e)
-                self._reset_batches()
-                break
-            except (TransientWarehouseError, TransientIngestError, KafkaError) as e:
-                self.metrics.flush_failures.inc()
-                log.warning("flush failed (%s); retrying in %.1f s", e, delay)
-                if not paused:
-                    consumer.pause(*consumer.assignment())
-                    paused = True
-                deadline = time.monotonic() + delay
-                while time.monotonic() < deadline:
-                    # Paused partitions return nothing, but polling keeps us in the group.
-                    consumer.poll(timeout_ms=100)
-                    if not self._pending:  # revoked during the wait, left uncommitted
-                        break
-                if not self._pending:
-                    break
-                delay = min(delay * 2, self.settings.backoff_max_seconds)
-            except WarehouseError as e:
-                raise IngestError(f"cannot write to the warehouse, not retrying: {e}") from e
-        if paused:
-            consumer.resume(*consumer.paused())
-
     def _reset_batches(self) -> None:
         self._batches = {}
         self._pending = 0
@@ -376,6 +425,7 @@ class KafkaIngest:
         # the dead-letter producer.
         if self._consumer is not None:
             self._consumer.close(autocommit=False)
+        self._writer.shutdown(wait=True)
         if self._producer is not None:
             self._producer.close(timeout=10)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,25 +30,14 @@ from ingest.events import (
     SessionEnd,
     SessionStart,
 )
-from warehouse import Warehouse
+from warehouse import TerminalWarehouseError, Warehouse
 
-__all__ = ["Batch", "DeadLetter", "EventSink", "FlushResult", "Position", "tenure_cohort"]
+__all__ = ["Batch", "DeadLetter", "EventSink", "FlushResult", "Position"]
+
+log = logging.getLogger("telltale.ingest")
 
 _TS = pa.timestamp("ms", tz="UTC")
 _STR = pa.string()
-
-
-def tenure_cohort(days: int | None) -> str:
-    """The tenure cohort of a user ``days`` after their first visit ("" when unknown)."""
-    if days is None:
-        return ""
-    if days < 7:
-        return "new"
-    if days < 30:
-        return "early"
-    if days < 180:
-        return "established"
-    return "veteran"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,45 +58,68 @@ class DeadLetter:
     failure: DecodeFailure
 
 
+_TABLES = ("responses", "feedback", "retries", "sessions")
+
+
 @dataclass(slots=True)
 class Batch:
-    """Events and dead letters gathered for one flush, with the offset range of each source."""
+    """Events and dead letters gathered for one flush, with the offset range of each source.
 
-    rows: dict[str, list[Event]] = field(default_factory=dict)
-    extras: dict[str, list[str]] = field(default_factory=dict)
+    Valid events are kept as raw JSON (what is inserted; ClickHouse parses it) and as decoded
+    events with their unknown fields (for the Arrow fallback); all references, no copies.
+    """
+
+    rows: dict[str, list[Event]] = field(default_factory=lambda: {t: [] for t in _TABLES})
+    raws: dict[str, list[bytes]] = field(default_factory=lambda: {t: [] for t in _TABLES})
+    extras: dict[str, list[str]] = field(default_factory=lambda: {t: [] for t in _TABLES})
     dead: list[DeadLetter] = field(default_factory=list)
     ranges: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
     duplicates: int = 0
     size: int = 0
 
-    def add(
-        self, position: Position, raw: bytes | None, decoded: tuple[Event, str] | DecodeFailure
+    def extend(
+        self,
+        source: str,
+        partition: int,
+        items: list[tuple[int, bytes | None]],
+        decoder: EventDecoder,
     ) -> None:
-        """Add one decoded message (or its failure) and extend its source's offset range."""
-        key = (position.source, position.partition)
-        lo_hi = self.ranges.get(key)
-        self.ranges[key] = (
-            (position.offset, position.offset)
-            if lo_hi is None
-            else (min(lo_hi[0], position.offset), max(lo_hi[1], position.offset))
+        """Decode ``(offset, raw)`` messages of one source, in offset order, into the batch.
+
+        A message that fails becomes a dead letter; an event_id already in the batch is
+        counted as a duplicate and dropped. Nothing raises on bad input.
+        """
+        if not items:
+            return
+        key = (source, partition)
+        lo, hi = items[0][0], items[-1][0]
+        known = self.ranges.get(key)
+        self.ranges[key] = (lo, hi) if known is None else (min(known[0], lo), max(known[1], hi))
+        self.size += len(items)
+        decode, seen, rows, raws, extras = (
+            decoder.decode,
+            self.seen,
+            self.rows,
+            self.raws,
+            self.extras,
         )
-        self.size += 1
-        if isinstance(decoded, DecodeFailure):
-            self.dead.append(DeadLetter(position, raw or b"", decoded))
-            return
-        event, extra = decoded
-        if event.event_id in self.seen:
-            self.duplicates += 1
-            return
-        self.seen.add(event.event_id)
-        table = event.table
-        rows = self.rows.get(table)
-        if rows is None:
-            rows = self.rows[table] = []
-            self.extras[table] = []
-        rows.append(event)
-        self.extras[table].append(extra)
+        for offset, raw in items:
+            decoded = decode(raw)
+            if isinstance(decoded, DecodeFailure):
+                self.dead.append(
+                    DeadLetter(Position(source, partition, offset), raw or b"", decoded)
+                )
+                continue
+            event, extra = decoded
+            if event.event_id in seen:
+                self.duplicates += 1
+                continue
+            seen.add(event.event_id)
+            table = event.table
+            rows[table].append(event)
+            extras[table].append(extra)
+            raws[table].append(raw if not extra else _with_extra(event, extra))  # type: ignore[arg-type]
 
     def token(self) -> str:
         """A deterministic name for this batch: the same records always give the same token."""
@@ -117,6 +130,14 @@ class Batch:
     def events(self) -> int:
         """Valid, distinct events in the batch."""
         return sum(len(r) for r in self.rows.values())
+
+
+def _with_extra(event: Event, extra: str) -> bytes:
+    """The event re-encoded with its unknown fields folded into the ``extra`` column."""
+    obj = msgspec.to_builtins(event)
+    obj["type"] = event.__struct_config__.tag
+    obj["extra"] = extra
+    return msgspec.json.encode(obj)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,10 +156,6 @@ def _col(values: list[Any], typ: pa.DataType) -> pa.Array:
 def _responses(events: list[Response], extras: list[str]) -> dict[str, pa.Array]:
     rows = list(zip(*(msgspec.structs.astuple(e) for e in events), strict=True))
     f = {name: rows[i] for i, name in enumerate(Response.__struct_fields__)}
-    cohorts = [
-        c if c else tenure_cohort(d)
-        for c, d in zip(f["cohort"], f["user_tenure_days"], strict=True)
-    ]
     return {
         "event_id": _col(f["event_id"], _STR),
         "ts": _col(f["ts"], _TS),
@@ -162,7 +179,7 @@ def _responses(events: list[Response], extras: list[str]) -> dict[str, pa.Array]
         "platform": _col(f["platform"], _STR),
         "app_version": _col(f["app_version"], _STR),
         "user_tenure_days": _col(f["user_tenure_days"], pa.uint16()),
-        "cohort": _col(cohorts, _STR),
+        "cohort": _col([c or "" for c in f["cohort"]], _STR),
         "intent": _col([i or "" for i in f["intent"]], _STR),
         "temperature": _col(f["temperature"], pa.float32()),
         "max_tokens": _col(f["max_tokens"], pa.uint32()),
@@ -249,25 +266,33 @@ class EventSink:
         self.decoder = decoder or EventDecoder()
 
     def decode_into(self, batch: Batch, records: Iterable[tuple[Position, bytes | None]]) -> None:
-        """Decode raw messages into ``batch``; bad ones become dead letters, nothing raises."""
-        decode = self.decoder.decode
+        """Decode raw messages (any sources, any order) into ``batch``; nothing raises."""
         for position, raw in records:
-            batch.add(position, raw, decode(raw))
+            batch.extend(
+                position.source, position.partition, [(position.offset, raw)], self.decoder
+            )
 
     def flush(self, batch: Batch) -> FlushResult:
         """Insert the batch. On :class:`warehouse.WarehouseError` it may be retried as is."""
         token = batch.token()
         written: dict[str, int] = {}
-        for table, build in _BUILDERS.items():
-            events = batch.rows.get(table)
-            if not events:
+        for table in _TABLES:
+            raws = batch.raws[table]
+            if not raws:
                 continue
-            columns = build(events, batch.extras[table])
-            columns["ingest_batch"] = pa.array([token] * len(events), _STR)
-            self.warehouse.insert_arrow(
-                f"{table}_in", pa.table(columns), dedup_token=f"{token}:{table}"
-            )
-            written[table] = len(events)
+            table_token = f"{token}:{table}"
+            try:
+                self.warehouse.insert_json(f"{table}_in", b"\n".join(raws), dedup_token=table_token)
+            except TerminalWarehouseError as e:
+                # ClickHouse refused JSON that our decoder accepted: write the decoded events
+                # as Arrow instead, so one odd event cannot stall its partition.
+                log.warning("JSON insert into %s refused (%s); writing it as Arrow", table, e)
+                columns = _BUILDERS[table](batch.rows[table], batch.extras[table])
+                columns["ingest_batch"] = pa.array([table_token] * len(raws), _STR)
+                self.warehouse.insert_arrow(
+                    f"{table}_in", pa.table(columns), dedup_token=table_token
+                )
+            written[table] = len(raws)
         if batch.dead:
             self.warehouse.insert_arrow(
                 "dead_letters",

@@ -49,7 +49,7 @@ EVENT_ID_TTL_SECONDS = 30 * 86_400
 _RESPONSE_COLUMNS = """
     event_id String,
     ts DateTime64(3, 'UTC'),
-    schema_version UInt8,
+    schema_version UInt8 DEFAULT 1,
     request_id String,
     conversation_id String,
     session_id String,
@@ -64,57 +64,57 @@ _RESPONSE_COLUMNS = """
     latency_ms Float32,
     ttft_ms Nullable(Float32),
     finish_reason LowCardinality(String),
-    refused Bool,
-    locale LowCardinality(String),
-    platform LowCardinality(String),
+    refused Bool DEFAULT false,
+    locale LowCardinality(String) DEFAULT 'und',
+    platform LowCardinality(String) DEFAULT 'other',
     app_version LowCardinality(String),
     user_tenure_days Nullable(UInt16),
     cohort LowCardinality(String),
     intent LowCardinality(String),
     temperature Nullable(Float32),
     max_tokens Nullable(UInt32),
-    opt_out Bool,
-    extra String,
-    ingest_batch String"""
+    opt_out Bool DEFAULT false,
+    extra String DEFAULT '',
+    ingest_batch String DEFAULT getSetting('insert_deduplication_token')"""
 
 _FEEDBACK_COLUMNS = """
     event_id String,
     ts DateTime64(3, 'UTC'),
-    schema_version UInt8,
+    schema_version UInt8 DEFAULT 1,
     request_id String,
     user_id String,
     rating Int8,
     reason_tags Array(String),
     comment Nullable(String),
-    extra String,
-    ingest_batch String"""
+    extra String DEFAULT '',
+    ingest_batch String DEFAULT getSetting('insert_deduplication_token')"""
 
 _RETRY_COLUMNS = """
     event_id String,
     ts DateTime64(3, 'UTC'),
-    schema_version UInt8,
+    schema_version UInt8 DEFAULT 1,
     request_id String,
     new_request_id String,
     kind LowCardinality(String),
     user_id String,
-    extra String,
-    ingest_batch String"""
+    extra String DEFAULT '',
+    ingest_batch String DEFAULT getSetting('insert_deduplication_token')"""
 
 _SESSION_COLUMNS = """
     event_id String,
     ts DateTime64(3, 'UTC'),
-    schema_version UInt8,
+    schema_version UInt8 DEFAULT 1,
     type LowCardinality(String),
     session_id String,
     user_id String,
-    platform LowCardinality(String),
-    locale LowCardinality(String),
+    platform LowCardinality(String) DEFAULT 'other',
+    locale LowCardinality(String) DEFAULT 'und',
     turns Nullable(UInt32),
     seconds Nullable(Float64),
     end_reason LowCardinality(String),
     task_completed Nullable(Bool),
-    extra String,
-    ingest_batch String"""
+    extra String DEFAULT '',
+    ingest_batch String DEFAULT getSetting('insert_deduplication_token')"""
 
 _ROLLUP_DIMS = """
     hour DateTime('UTC'),
@@ -136,7 +136,6 @@ class Table:
     order_by: str = ""
     partition_by: str = ""
     primary_key: str = ""
-    indexes: tuple[str, ...] = ()
     dedup: bool = False
     shard_key: str = "cityHash64(user_id)"
 
@@ -156,7 +155,7 @@ class View:
     select: str  # uses {source} and {target}-side table names via {t[name]}
 
 
-def _raw(name: str, columns: str, order_by: str, *, indexes: tuple[str, ...] = ()) -> list[Table]:
+def _raw(name: str, columns: str, order_by: str) -> list[Table]:
     return [
         Table(f"{name}_in", columns, "Null"),
         Table(
@@ -165,7 +164,6 @@ def _raw(name: str, columns: str, order_by: str, *, indexes: tuple[str, ...] = (
             "ReplacingMergeTree",
             order_by=order_by,
             partition_by="toDate(ts)",
-            indexes=indexes,
             dedup=True,
         ),
     ]
@@ -176,7 +174,6 @@ TABLES: tuple[Table, ...] = (
         "responses",
         _RESPONSE_COLUMNS,
         "(model_version, toStartOfHour(ts), event_id)",
-        indexes=("INDEX idx_request_id request_id TYPE bloom_filter GRANULARITY 4",),
     ),
     *_raw("feedback", _FEEDBACK_COLUMNS, "(toStartOfHour(ts), event_id)"),
     *_raw("retries", _RETRY_COLUMNS, "(toStartOfHour(ts), event_id)"),
@@ -303,6 +300,12 @@ _NOT_SEEN = (
     f" AND s.seen_at > now() - INTERVAL {REPLAY_GRACE_SECONDS} SECOND)"
 )
 _DIRECT = "SETTINGS join_algorithm = 'direct'"
+# Columns computed on the way in: a response without a cohort gets one from its tenure.
+_DERIVED = {
+    "responses": " REPLACE (if(i.cohort != '', i.cohort, multiIf(i.user_tenure_days IS NULL, '',"
+    " i.user_tenure_days < 7, 'new', i.user_tenure_days < 30, 'early',"
+    " i.user_tenure_days < 180, 'established', 'veteran')) AS cohort)"
+}
 _ROLLUP_KEYS = "hour, model_version, variant, locale, platform, intent, cohort"
 
 VIEWS: tuple[View, ...] = (
@@ -311,7 +314,7 @@ VIEWS: tuple[View, ...] = (
             f"{name}_dedup_mv",
             f"{name}_in",
             name,
-            f"SELECT i.* FROM {{t[{name}_in]}} AS i {_NOT_SEEN} {_DIRECT}",
+            f"SELECT i.*{_DERIVED.get(name, '')} FROM {{t[{name}_in]}} AS i {_NOT_SEEN} {_DIRECT}",
         )
         for name in ("responses", "feedback", "retries", "sessions")
     ),
@@ -431,8 +434,6 @@ def _create_table(t: Table, qualified: str, on_cluster: str, cluster: str | None
             f"Replicated{engine}('/clickhouse/tables/{{shard}}/{{database}}/{name}', '{{replica}}')"
         )
     body = t.columns.strip("\n")
-    if t.indexes:
-        body += ",\n" + ",\n".join(f"    {i}" for i in t.indexes)
     parts = [f"CREATE TABLE IF NOT EXISTS {qualified}{on_cluster} (\n{body}\n) ENGINE = {engine}"]
     if t.partition_by:
         parts.append(f"PARTITION BY {t.partition_by}")

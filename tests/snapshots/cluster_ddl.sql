@@ -1,7 +1,7 @@
 CREATE TABLE IF NOT EXISTS prod.responses_in_local ON CLUSTER telltale (
     event_id String,
     ts DateTime64(3, 'UTC'),
-    schema_version UInt8,
+    schema_version UInt8 DEFAULT 1,
     request_id String,
     conversation_id String,
     session_id String,
@@ -16,18 +16,18 @@ CREATE TABLE IF NOT EXISTS prod.responses_in_local ON CLUSTER telltale (
     latency_ms Float32,
     ttft_ms Nullable(Float32),
     finish_reason LowCardinality(String),
-    refused Bool,
-    locale LowCardinality(String),
-    platform LowCardinality(String),
+    refused Bool DEFAULT false,
+    locale LowCardinality(String) DEFAULT 'und',
+    platform LowCardinality(String) DEFAULT 'other',
     app_version LowCardinality(String),
     user_tenure_days Nullable(UInt16),
     cohort LowCardinality(String),
     intent LowCardinality(String),
     temperature Nullable(Float32),
     max_tokens Nullable(UInt32),
-    opt_out Bool,
-    extra String,
-    ingest_batch String
+    opt_out Bool DEFAULT false,
+    extra String DEFAULT '',
+    ingest_batch String DEFAULT getSetting('insert_deduplication_token')
 ) ENGINE = Null;
 
 CREATE TABLE IF NOT EXISTS prod.responses_in ON CLUSTER telltale AS prod.responses_in_local ENGINE = Distributed(telltale, prod, responses_in_local, cityHash64(user_id));
@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS prod.responses_in ON CLUSTER telltale AS prod.respons
 CREATE TABLE IF NOT EXISTS prod.responses_local ON CLUSTER telltale (
     event_id String,
     ts DateTime64(3, 'UTC'),
-    schema_version UInt8,
+    schema_version UInt8 DEFAULT 1,
     request_id String,
     conversation_id String,
     session_id String,
@@ -50,20 +50,19 @@ CREATE TABLE IF NOT EXISTS prod.responses_local ON CLUSTER telltale (
     latency_ms Float32,
     ttft_ms Nullable(Float32),
     finish_reason LowCardinality(String),
-    refused Bool,
-    locale LowCardinality(String),
-    platform LowCardinality(String),
+    refused Bool DEFAULT false,
+    locale LowCardinality(String) DEFAULT 'und',
+    platform LowCardinality(String) DEFAULT 'other',
     app_version LowCardinality(String),
     user_tenure_days Nullable(UInt16),
     cohort LowCardinality(String),
     intent LowCardinality(String),
     temperature Nullable(Float32),
     max_tokens Nullable(UInt32),
-    opt_out Bool,
-    extra String,
-    ingest_batch String,
-    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3),
-    INDEX idx_request_id request_id TYPE bloom_filter GRANULARITY 4
+    opt_out Bool DEFAULT false,
+    extra String DEFAULT '',
+    ingest_batch String DEFAULT getSetting('insert_deduplication_token'),
+    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/responses_local', '{replica}')
 PARTITION BY toDate(ts)
 ORDER BY (model_version, toStartOfHour(ts), event_id)
@@ -74,14 +73,14 @@ CREATE TABLE IF NOT EXISTS prod.responses ON CLUSTER telltale AS prod.responses_
 CREATE TABLE IF NOT EXISTS prod.feedback_in_local ON CLUSTER telltale (
     event_id String,
     ts DateTime64(3, 'UTC'),
-    schema_version UInt8,
+    schema_version UInt8 DEFAULT 1,
     request_id String,
     user_id String,
     rating Int8,
     reason_tags Array(String),
     comment Nullable(String),
-    extra String,
-    ingest_batch String
+    extra String DEFAULT '',
+    ingest_batch String DEFAULT getSetting('insert_deduplication_token')
 ) ENGINE = Null;
 
 CREATE TABLE IF NOT EXISTS prod.feedback_in ON CLUSTER telltale AS prod.feedback_in_local ENGINE = Distributed(telltale, prod, feedback_in_local, cityHash64(user_id));
@@ -89,14 +88,14 @@ CREATE TABLE IF NOT EXISTS prod.feedback_in ON CLUSTER telltale AS prod.feedback
 CREATE TABLE IF NOT EXISTS prod.feedback_local ON CLUSTER telltale (
     event_id String,
     ts DateTime64(3, 'UTC'),
-    schema_version UInt8,
+    schema_version UInt8 DEFAULT 1,
     request_id String,
     user_id String,
     rating Int8,
     reason_tags Array(String),
     comment Nullable(String),
-    extra String,
-    ingest_batch String,
+    extra String DEFAULT '',
+    ingest_batch String DEFAULT getSetting('insert_deduplication_token'),
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/feedback_local', '{replica}')
 PARTITION BY toDate(ts)
@@ -108,13 +107,13 @@ CREATE TABLE IF NOT EXISTS prod.feedback ON CLUSTER telltale AS prod.feedback_lo
 CREATE TABLE IF NOT EXISTS prod.retries_in_local ON CLUSTER telltale (
     event_id String,
     ts DateTime64(3, 'UTC'),
-    schema_version UInt8,
+    schema_version UInt8 DEFAULT 1,
     request_id String,
     new_request_id String,
     kind LowCardinality(String),
     user_id String,
-    extra String,
-    ingest_batch String
+    extra String DEFAULT '',
+    ingest_batch String DEFAULT getSetting('insert_deduplication_token')
 ) ENGINE = Null;
 
 CREATE TABLE IF NOT EXISTS prod.retries_in ON CLUSTER telltale AS prod.retries_in_local ENGINE = Distributed(telltale, prod, retries_in_local, cityHash64(user_id));
@@ -122,13 +121,13 @@ CREATE TABLE IF NOT EXISTS prod.retries_in ON CLUSTER telltale AS prod.retries_i
 CREATE TABLE IF NOT EXISTS prod.retries_local ON CLUSTER telltale (
     event_id String,
     ts DateTime64(3, 'UTC'),
-    schema_version UInt8,
+    schema_version UInt8 DEFAULT 1,
     request_id String,
     new_request_id String,
     kind LowCardinality(String),
     user_id String,
-    extra String,
-    ingest_batch String,
+    extra String DEFAULT '',
+    ingest_batch String DEFAULT getSetting('insert_deduplication_token'),
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/retries_local', '{replica}')
 PARTITION BY toDate(ts)
@@ -140,18 +139,18 @@ CREATE TABLE IF NOT EXISTS prod.retries ON CLUSTER telltale AS prod.retries_loca
 CREATE TABLE IF NOT EXISTS prod.sessions_in_local ON CLUSTER telltale (
     event_id String,
     ts DateTime64(3, 'UTC'),
-    schema_version UInt8,
+    schema_version UInt8 DEFAULT 1,
     type LowCardinality(String),
     session_id String,
     user_id String,
-    platform LowCardinality(String),
-    locale LowCardinality(String),
+    platform LowCardinality(String) DEFAULT 'other',
+    locale LowCardinality(String) DEFAULT 'und',
     turns Nullable(UInt32),
     seconds Nullable(Float64),
     end_reason LowCardinality(String),
     task_completed Nullable(Bool),
-    extra String,
-    ingest_batch String
+    extra String DEFAULT '',
+    ingest_batch String DEFAULT getSetting('insert_deduplication_token')
 ) ENGINE = Null;
 
 CREATE TABLE IF NOT EXISTS prod.sessions_in ON CLUSTER telltale AS prod.sessions_in_local ENGINE = Distributed(telltale, prod, sessions_in_local, cityHash64(user_id));
@@ -159,18 +158,18 @@ CREATE TABLE IF NOT EXISTS prod.sessions_in ON CLUSTER telltale AS prod.sessions
 CREATE TABLE IF NOT EXISTS prod.sessions_local ON CLUSTER telltale (
     event_id String,
     ts DateTime64(3, 'UTC'),
-    schema_version UInt8,
+    schema_version UInt8 DEFAULT 1,
     type LowCardinality(String),
     session_id String,
     user_id String,
-    platform LowCardinality(String),
-    locale LowCardinality(String),
+    platform LowCardinality(String) DEFAULT 'other',
+    locale LowCardinality(String) DEFAULT 'und',
     turns Nullable(UInt32),
     seconds Nullable(Float64),
     end_reason LowCardinality(String),
     task_completed Nullable(Bool),
-    extra String,
-    ingest_batch String,
+    extra String DEFAULT '',
+    ingest_batch String DEFAULT getSetting('insert_deduplication_token'),
     ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/sessions_local', '{replica}')
 PARTITION BY toDate(ts)
@@ -300,7 +299,7 @@ ORDER BY (id);
 
 CREATE TABLE IF NOT EXISTS prod.annotations ON CLUSTER telltale AS prod.annotations_local ENGINE = Distributed(telltale, prod, annotations_local, cityHash64(id));
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS prod.responses_dedup_mv ON CLUSTER telltale TO prod.responses_local AS SELECT i.* FROM prod.responses_in_local AS i LEFT JOIN prod.event_ids_local AS s ON i.event_id = s.event_id WHERE s.kind = '' OR (s.ingest_batch = i.ingest_batch AND s.seen_at > now() - INTERVAL 3600 SECOND) SETTINGS join_algorithm = 'direct';
+CREATE MATERIALIZED VIEW IF NOT EXISTS prod.responses_dedup_mv ON CLUSTER telltale TO prod.responses_local AS SELECT i.* REPLACE (if(i.cohort != '', i.cohort, multiIf(i.user_tenure_days IS NULL, '', i.user_tenure_days < 7, 'new', i.user_tenure_days < 30, 'early', i.user_tenure_days < 180, 'established', 'veteran')) AS cohort) FROM prod.responses_in_local AS i LEFT JOIN prod.event_ids_local AS s ON i.event_id = s.event_id WHERE s.kind = '' OR (s.ingest_batch = i.ingest_batch AND s.seen_at > now() - INTERVAL 3600 SECOND) SETTINGS join_algorithm = 'direct';
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS prod.feedback_dedup_mv ON CLUSTER telltale TO prod.feedback_local AS SELECT i.* FROM prod.feedback_in_local AS i LEFT JOIN prod.event_ids_local AS s ON i.event_id = s.event_id WHERE s.kind = '' OR (s.ingest_batch = i.ingest_batch AND s.seen_at > now() - INTERVAL 3600 SECOND) SETTINGS join_algorithm = 'direct';
 
