@@ -29,7 +29,11 @@ import msgspec
 from kafka import KafkaConsumer, KafkaProducer
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+# Run as `python bench/ingest.py`, this directory comes first on sys.path and this very file
+# would shadow the ingest package; the tests directory has the broker fixture.
+sys.path[:] = [str(REPO / "tests")] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
+]
 
 import warehouse  # noqa: E402
 from ingest import EventSink, IngestSettings, KafkaIngest, Scenario, simulate  # noqa: E402

@@ -1,13 +1,17 @@
 """The Kafka consumer: at-least-once delivery in, exactly-once effect in the warehouse out.
 
-The loop polls, decodes into a :class:`~ingest.sink.Batch`, and when the batch is full or old
-enough, flushes it (one insert per table, deterministic dedup token) and only then commits the
-offsets. A crash anywhere before the commit replays the batch, which the warehouse absorbs.
+The loop polls and decodes into a :class:`~ingest.sink.Batch`. When the batch is full or old
+enough it becomes a *flight*: its offset ranges are recorded (``ingest_intents``), then it is
+written on a background thread (one insert per table, deterministic dedup token) while the next
+batch fills, and only then are its offsets committed.
 
-- Rebalance: the listener flushes and commits before partitions are revoked; if the flush
-  fails, the batch is dropped uncommitted and the next owner replays it.
-- Warehouse down: the flush is retried with capped exponential backoff, same batch and token;
-  partitions are paused meanwhile and ``poll`` keeps the group membership alive.
+- Crash before the commit: when a partition is next assigned (to this process or another), the
+  flight that began at its committed offset is rebuilt from exactly the recorded ranges, all
+  partitions included, and written again under the same token; the warehouse completes what
+  was half written and drops what was already there. Then its offsets are committed.
+- Rebalance: the listener lands the flight and writes the batch before partitions are revoked.
+- Warehouse down: the flight is retried with capped exponential backoff; partitions are paused
+  meanwhile and ``poll`` keeps the group membership alive.
 - SIGTERM / SIGINT: finish the current step, flush, commit, close, return.
 """
 
@@ -36,8 +40,8 @@ from ingest.sink import Batch, EventSink
 from warehouse import (
     TransientWarehouseError,
     WarehouseError,
+    pending_flight,
     record_ingest_intents,
-    replay_boundary,
 )
 
 __all__ = ["IngestSettings", "KafkaIngest"]
@@ -130,10 +134,11 @@ class IngestSettings(BaseSettings):
 
 @dataclass
 class _Flight:
-    """Batches handed to the writer thread, and the future of their write."""
+    """A batch handed to the writer thread, and the future of its write."""
 
-    batches: list[Batch]
+    batch: Batch
     future: Future[dict[TopicPartition, OffsetAndMetadata]]
+    commit_only: set[TopicPartition] | None = None
     abandoned: bool = False
 
 
@@ -160,19 +165,17 @@ class _Listener(AsyncConsumerRebalanceListener):
             # Left uncommitted: whoever owns the partitions next rebuilds the same batches from
             # the recorded intents, and the warehouse completes or drops them.
             log.warning("could not flush before rebalance (%s); the new owner will replay", e)
-        ingest._reset_batches()
+        ingest._reset_batch()
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._ingest._replay_checked.difference_update(assigned)
+        self._ingest._checked.difference_update(assigned)
         log.info("assigned %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
 
 
 class KafkaIngest:
     """A consumer-group member that writes event topics to the warehouse.
 
-    Records are batched per partition, so that a batch is a contiguous offset range of one
-    partition: after a crash, the same range is rebuilt as the same batch, with the same dedup
-    token. Each flush first records the ranges it is about to write (``ingest_intents``).
+    See the module docstring for the guarantees and how a crashed batch is recovered.
 
     ``run()`` blocks until :meth:`stop` (or SIGTERM/SIGINT when ``install_signal_handlers``) and
     returns the total events written.
@@ -188,13 +191,12 @@ class KafkaIngest:
         self.settings = settings or IngestSettings()
         self.metrics = metrics or IngestMetrics(log_every=self.settings.log_every_seconds)
         self._stop = threading.Event()
-        self._batches: dict[TopicPartition, Batch] = {}
-        self._pending = 0
+        self._batch = Batch()
         self._oldest = time.monotonic()
-        # Partitions whose replay boundary was looked up since they were assigned, and the
-        # boundaries found: the last offset of a batch begun (and not committed) before a crash.
-        self._replay_checked: set[TopicPartition] = set()
-        self._replay_until: dict[TopicPartition, int] = {}
+        # Partitions checked for an unfinished flight since they were assigned, and for those
+        # whose flight was recovered, the last offset it covered (records up to it are written).
+        self._checked: set[TopicPartition] = set()
+        self._written_until: dict[TopicPartition, int] = {}
         # One flight of batches is written in the background while the next one fills: the
         # warehouse insert releases the GIL, so it overlaps with fetching and decoding.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telltale-writer")
@@ -254,10 +256,10 @@ class KafkaIngest:
                 self._add(tp, records)
             if self._inflight is not None and self._inflight.future.done():
                 self._land()  # commit as soon as the write is done, not at the next flush
-            if not self._pending:
+            if not self._batch.size:
                 self._oldest = time.monotonic()
             elif (
-                self._pending >= s.batch_max_events
+                self._batch.size >= s.batch_max_events
                 or time.monotonic() - self._oldest >= s.batch_max_seconds
             ):
                 self._rotate()
@@ -266,26 +268,66 @@ class KafkaIngest:
         self._rotate(wait=True)
 
     def _add(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
-        """Decode records into their partition's batch, cutting where a crashed batch ended."""
-        if tp not in self._replay_checked:
-            self._replay_checked.add(tp)
-            until = replay_boundary(self.sink.warehouse, tp.topic, tp.partition, records[0].offset)
-            if until is not None:
-                log.info("replaying %s:%d up to offset %d", tp.topic, tp.partition, until)
-                self._replay_until[tp] = until
-        while records:
-            until = self._replay_until.get(tp)
-            take = records if until is None else [r for r in records if r.offset <= until]
-            records = records[len(take) :]
-            batch = self._batches.setdefault(tp, Batch())
-            batch.extend(
-                tp.topic, tp.partition, [(r.offset, r.value) for r in take], self.sink.decoder
-            )
-            self._pending += len(take)
-            if until is not None and take and take[-1].offset >= until:
-                # The rebuilt batch is complete: write it alone, as it was first written.
-                del self._replay_until[tp]
-                self._rotate()
+        """Decode records into the batch, after recovering an unfinished flight if there is one."""
+        if tp not in self._checked:
+            self._checked.add(tp)
+            start = max(records[0].offset, self._written_until.get(tp, -1) + 1)
+            while (last := self._recover(tp, start)) is not None:
+                start = last + 1  # a later batch may be unfinished too (a failed commit)
+        done = self._written_until.get(tp)
+        if done is not None:
+            records = [r for r in records if r.offset > done]
+        self._batch.extend(
+            tp.topic, tp.partition, [(r.offset, r.value) for r in records], self.sink.decoder
+        )
+
+    def _recover(self, tp: TopicPartition, committed: int) -> int | None:
+        """Rebuild and write the flight that began at ``committed`` of ``tp`` and never committed;
+        return the last offset of ``tp`` it covered, or None if there was none.
+
+        The flight may span partitions this member does not own: they are read directly
+        (assign + seek, outside the group). Every owner of one of its partitions may do this;
+        the writes share a token, so the second is a no-op.
+        """
+        found = pending_flight(self.sink.warehouse, tp.topic, tp.partition, committed)
+        if found is None:
+            return None
+        flight, ranges = found
+        log.info("recovering unfinished batch %s: %s", flight, ranges)
+        batch = Batch()
+        reader = KafkaConsumer(**self.settings.client_config(), enable_auto_commit=False)
+        try:
+            parts = {TopicPartition(s, p): (lo, hi) for s, p, lo, hi in ranges}
+            reader.assign(list(parts))
+            for part, (lo, _) in parts.items():
+                reader.seek(part, lo)
+            pending = dict(parts)
+            deadline = time.monotonic() + 120
+            while pending and time.monotonic() < deadline:
+                for part, recs in reader.poll(timeout_ms=500).items():
+                    if part not in pending:
+                        continue
+                    lo, hi = pending[part]
+                    take = [(r.offset, r.value) for r in recs if lo <= r.offset <= hi]
+                    batch.extend(part.topic, part.partition, take, self.sink.decoder)
+                    if take and take[-1][0] >= hi:
+                        del pending[part]
+                        reader.pause(part)
+        finally:
+            reader.close(autocommit=False)
+        if pending or batch.token() != flight:
+            # Records gone (retention) or not reachable: write what this member owns normally.
+            log.error("cannot rebuild batch %s (missing %s); continuing without", flight, pending)
+            return None
+        self._land()
+        owned = self.assignment
+        # Commit only what this member owns: other partitions' owners commit their own.
+        self._inflight = _Flight(batch, self._writer.submit(self._write, batch), owned)
+        self._land()
+        for part, (_, hi) in parts.items():
+            if part in owned:
+                self._written_until[part] = hi
+        return parts[tp][1]
 
     def _lag(self) -> dict[tuple[str, int], int]:
         consumer = self._consumer
@@ -298,40 +340,34 @@ class KafkaIngest:
         self.metrics.record_lag(lag)
         return lag
 
-    def _write(self, batches: list[Batch]) -> dict[TopicPartition, OffsetAndMetadata]:
-        """Write batches and their dead letters; return the offsets that may then be committed.
-
-        Runs on the writer thread (or in the rebalance listener); raises on failure, and may be
-        called again with the same batches.
+    def _write(self, batch: Batch) -> dict[TopicPartition, OffsetAndMetadata]:
+        """Record the batch's ranges, write it and its dead letters; return the offsets that may
+        then be committed. Runs on the writer thread (or in the rebalance listener); raises on
+        failure, and may be called again with the same batch.
         """
-        if not batches:
+        if not batch.size:
             return {}
-        record_ingest_intents(
-            self.sink.warehouse,
-            [(s, p, lo, hi) for b in batches for (s, p), (lo, hi) in b.ranges.items()],
-        )
-        offsets = {}
-        for batch in batches:
-            started = time.monotonic()
-            result = self.sink.flush(batch)
-            if batch.dead and self._producer is not None:
-                self._send_dead_letters(batch)
-            self.metrics.record_flush(result, time.monotonic() - started)
-            for (topic, partition), (_, hi) in batch.ranges.items():
-                offsets[TopicPartition(topic, partition)] = OffsetAndMetadata(hi + 1, None, -1)
-        return offsets
+        token = batch.token()
+        ranges = [(s, p, lo, hi) for (s, p), (lo, hi) in sorted(batch.ranges.items())]
+        record_ingest_intents(self.sink.warehouse, token, ranges)
+        started = time.monotonic()
+        result = self.sink.flush(batch)
+        if batch.dead and self._producer is not None:
+            self._send_dead_letters(batch)
+        self.metrics.record_flush(result, time.monotonic() - started)
+        return {TopicPartition(s, p): OffsetAndMetadata(hi + 1, None, -1) for s, p, _, hi in ranges}
 
-    def _take_batches(self) -> list[Batch]:
-        batches = [b for b in self._batches.values() if b.size]
-        self._reset_batches()
-        return batches
+    def _take_batch(self) -> Batch:
+        batch = self._batch
+        self._reset_batch()
+        return batch
 
     def _rotate(self, *, wait: bool = False) -> None:
-        """Land the flight in the air, then send the current batches off as the next one."""
+        """Land the flight in the air, then send the current batch off as the next one."""
         self._land()
-        batches = self._take_batches()
-        if batches:
-            self._inflight = _Flight(batches, self._writer.submit(self._write, batches))
+        batch = self._take_batch()
+        if batch.size:
+            self._inflight = _Flight(batch, self._writer.submit(self._write, batch))
             if wait:
                 self._land()
 
@@ -360,10 +396,10 @@ class KafkaIngest:
                     while time.monotonic() < deadline and not flight.abandoned:
                         # Paused partitions return nothing, but polling keeps us in the group.
                         consumer.poll(timeout_ms=100)
-                    if flight.abandoned:  # revoked meanwhile: left uncommitted, replayed
+                    if flight.abandoned:  # revoked meanwhile: left uncommitted, recovered later
                         return
                     delay = min(delay * 2, self.settings.backoff_max_seconds)
-                    flight.future = self._writer.submit(self._write, flight.batches)
+                    flight.future = self._writer.submit(self._write, flight.batch)
                 except WarehouseError as e:
                     raise IngestError(f"cannot write to the warehouse, not retrying: {e}") from e
         finally:
@@ -371,17 +407,18 @@ class KafkaIngest:
                 consumer.resume(*consumer.paused())
             if self._inflight is flight:
                 self._inflight = None
+        if flight.commit_only is not None:
+            offsets = {tp: o for tp, o in offsets.items() if tp in flight.commit_only}
         if flight.abandoned or not offsets:
             return
         try:
             consumer.commit(offsets)
         except CommitFailedError as e:
-            # The group moved on; the new owner replays from the last commit and the warehouse
-            # absorbs the replay.
-            log.warning("commit failed after a rebalance; the batches will be replayed: %s", e)
+            # The group moved on; the new owner recovers the batch from its recorded ranges.
+            log.warning("commit failed after a rebalance; the batch will be recovered: %s", e)
 
     def _drain(self) -> dict[TopicPartition, OffsetAndMetadata]:
-        """Finish the flight and write the current batches now (before partitions are revoked).
+        """Finish the flight and write the current batch now (before partitions are revoked).
 
         Raises if anything failed: then nothing may be committed.
         """
@@ -390,8 +427,11 @@ class KafkaIngest:
         if flight is not None:
             flight.abandoned = True  # the main thread must not commit or retry it
             self._inflight = None
-            offsets.update(flight.future.result())
-        offsets.update(self._write(self._take_batches()))
+            done = flight.future.result()
+            if flight.commit_only is not None:
+                done = {tp: o for tp, o in done.items() if tp in flight.commit_only}
+            offsets.update(done)
+        offsets.update(self._write(self._take_batch()))
         return offsets
 
     def _send_dead_letters(self, batch: Batch) -> None:
@@ -415,9 +455,8 @@ class KafkaIngest:
         except KafkaError as e:
             raise TransientIngestError(f"dead-letter topic {topic}: {e}") from e
 
-    def _reset_batches(self) -> None:
-        self._batches = {}
-        self._pending = 0
+    def _reset_batch(self) -> None:
+        self._batch = Batch()
         self._oldest = time.monotonic()
 
     def _close(self) -> None:

@@ -16,8 +16,8 @@ from warehouse.queries import (
     dead_letters,
     event_counts,
     hourly_rollup,
+    pending_flight,
     record_ingest_intents,
-    replay_boundary,
 )
 from warehouse.schema import render_ddl
 
@@ -39,7 +39,7 @@ __all__ = [
     "event_counts",
     "hourly_rollup",
     "migrate",
+    "pending_flight",
     "record_ingest_intents",
     "render_ddl",
-    "replay_boundary",
 ]

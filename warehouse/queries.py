@@ -23,8 +23,8 @@ __all__ = [
     "dead_letters",
     "event_counts",
     "hourly_rollup",
+    "pending_flight",
     "record_ingest_intents",
-    "replay_boundary",
 ]
 
 EVENT_TABLES = ("responses", "feedback", "retries", "sessions")
@@ -40,17 +40,18 @@ def _dimensions(group_by: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(group_by))
 
 
-def record_ingest_intents(wh: Warehouse, ranges: Sequence[tuple[str, int, int, int]]) -> None:
-    """Note ``(source, partition, first_offset, last_offset)`` of batches about to be written.
-
-    After a crash, the consumer rebuilds exactly these batches from the same offsets (see
-    :func:`replay_boundary`), so their dedup tokens match and a half-written batch completes.
+def record_ingest_intents(
+    wh: Warehouse, flight: str, ranges: Sequence[tuple[str, int, int, int]]
+) -> None:
+    """Note the ``(source, partition, first_offset, last_offset)`` ranges of a batch (``flight``)
+    about to be written, so that after a crash it can be rebuilt exactly (:func:`pending_flight`).
     """
     sources, partitions, firsts, lasts = (list(c) for c in zip(*ranges, strict=True))
     wh.insert_arrow(
         "ingest_intents",
         pa.table(
             {
+                "flight": pa.array([flight] * len(sources), pa.string()),
                 "source": pa.array(sources, pa.string()),
                 "partition": pa.array(partitions, pa.int32()),
                 "first_offset": pa.array(firsts, pa.int64()),
@@ -60,15 +61,23 @@ def record_ingest_intents(wh: Warehouse, ranges: Sequence[tuple[str, int, int, i
     )
 
 
-def replay_boundary(wh: Warehouse, source: str, partition: int, first_offset: int) -> int | None:
-    """The last offset of a batch once begun at ``first_offset``, or None if there was none."""
+def pending_flight(
+    wh: Warehouse, source: str, partition: int, first_offset: int
+) -> tuple[str, list[tuple[str, int, int, int]]] | None:
+    """The last batch recorded as starting at ``first_offset`` of this partition: its name and
+    every range it covered (all partitions), or None if no batch started there."""
+    db = wh.database
     frame = wh.query_frame(
-        f"SELECT last_offset FROM {wh.database}.ingest_intents FINAL"
+        f"SELECT flight, source, partition, first_offset, last_offset FROM {db}.ingest_intents"
+        f" WHERE flight = (SELECT argMax(flight, created_at) FROM {db}.ingest_intents"
         " WHERE source = {source:String} AND partition = {partition:Int32}"
-        " AND first_offset = {first:Int64} LIMIT 1",
+        " AND first_offset = {first:Int64}) ORDER BY source, partition",
         parameters={"source": source, "partition": partition, "first": first_offset},
     )
-    return int(frame["last_offset"][0]) if frame.height else None
+    if not frame.height:
+        return None
+    ranges = [(s, int(p), int(lo), int(hi)) for _, s, p, lo, hi in frame.iter_rows()]
+    return frame["flight"][0], ranges
 
 
 def event_counts(wh: Warehouse) -> pl.DataFrame:

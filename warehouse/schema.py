@@ -10,10 +10,11 @@ The write path, per event kind::
 The sink inserts into the ``_in`` tables with a deterministic ``insert_deduplication_token``
 per batch, and stamps each row with that batch's name (``ingest_batch``). Two kinds of repeat:
 
-- a **replayed batch** (the consumer died before committing; the same offsets come back as the
-  same batch, see ``ingest_intents``) passes the ``event_ids`` filter, because the ids were seen
-  in that very batch, and every table down the chain drops the blocks it already holds by token
-  and writes the ones it missed: an insert interrupted half-way through the chain completes;
+- a **replayed batch** (the consumer died before committing; the batch is rebuilt from the
+  offset ranges recorded in ``ingest_intents`` before it was first written) passes the
+  ``event_ids`` filter, because the ids were seen in that very batch, and every table down the
+  chain drops the blocks it already holds by token and writes the ones it missed: an insert
+  interrupted half-way through the chain completes;
 - a **producer duplicate** (the same ``event_id`` at another offset, in another batch) is dropped
   by the ``event_ids`` filter.
 
@@ -22,8 +23,8 @@ exact even if both guards were passed.
 
 Feedback and retries carry no model version: their rollup rows take it from the response they
 refer to (``request_attrs``, a key-value table joined by key lookup). Feedback whose response
-has not arrived yet is rolled up with an empty ``model_version`` (visible, not lost);
-:func:`warehouse.rebuild_rollups` recomputes the rollups from raw tables.
+has not arrived yet is rolled up with an empty ``model_version`` (visible, not lost); the raw
+tables keep everything.
 
 In cluster mode every table is sharded by ``cityHash64(user_id)``, so a user's responses,
 feedback, retries and sessions, and the key-value lookups between them, live on one shard.
@@ -137,6 +138,7 @@ class Table:
     partition_by: str = ""
     primary_key: str = ""
     dedup: bool = False
+    ttl: str = ""
     shard_key: str = "cityHash64(user_id)"
 
     @property
@@ -250,13 +252,15 @@ TABLES: tuple[Table, ...] = (
     Table(
         "ingest_intents",
         """
+    flight String,
     source LowCardinality(String),
     partition Int32,
     first_offset Int64,
     last_offset Int64,
     created_at DateTime64(3, 'UTC') DEFAULT now64(3)""",
-        "ReplacingMergeTree",
+        "MergeTree",
         order_by="(source, partition, first_offset)",
+        ttl="toDateTime(created_at) + INTERVAL 7 DAY",
         shard_key="cityHash64(source, partition)",
     ),
     Table(
@@ -441,6 +445,8 @@ def _create_table(t: Table, qualified: str, on_cluster: str, cluster: str | None
         parts.append(f"PRIMARY KEY {t.primary_key}")
     if t.order_by:
         parts.append(f"ORDER BY {t.order_by}")
+    if t.ttl:
+        parts.append(f"TTL {t.ttl}")
     if t.dedup:
         key = (
             "replicated_deduplication_window" if cluster else "non_replicated_deduplication_window"

@@ -260,13 +260,15 @@ SETTINGS replicated_deduplication_window = 100000;
 CREATE TABLE IF NOT EXISTS prod.sessions_hourly ON CLUSTER telltale AS prod.sessions_hourly_local ENGINE = Distributed(telltale, prod, sessions_hourly_local, cityHash64(user_id));
 
 CREATE TABLE IF NOT EXISTS prod.ingest_intents_local ON CLUSTER telltale (
+    flight String,
     source LowCardinality(String),
     partition Int32,
     first_offset Int64,
     last_offset Int64,
     created_at DateTime64(3, 'UTC') DEFAULT now64(3)
-) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/ingest_intents_local', '{replica}')
-ORDER BY (source, partition, first_offset);
+) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/ingest_intents_local', '{replica}')
+ORDER BY (source, partition, first_offset)
+TTL toDateTime(created_at) + INTERVAL 7 DAY;
 
 CREATE TABLE IF NOT EXISTS prod.ingest_intents ON CLUSTER telltale AS prod.ingest_intents_local ENGINE = Distributed(telltale, prod, ingest_intents_local, cityHash64(source, partition));
 
