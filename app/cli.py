@@ -127,7 +127,7 @@ def simulate(
     """
     sc = Scenario.load(scenario) if scenario else Scenario.default()
     if days is not None:
-        sc = sc.model_copy(update={"days": days})
+        sc = sc.evolve(days=days)
     if kafka:
         topics = _topic_map(IngestSettings().topics)
         counts = produce_to_kafka(sc, kafka, topics, seed=seed, progress=True)
@@ -261,7 +261,7 @@ def demo(
 
     Needs no Kafka and no server: the warehouse is embedded (chdb) under ./.telltale/.
     """
-    sc = Scenario.default().model_copy(update={"days": days})
+    sc = Scenario.default().evolve(days=days)
     with tempfile.TemporaryDirectory(prefix="telltale-demo-") as tmp:
         console.print(f"[bold]1/3[/] simulating {days} days of traffic (seed {seed})")
         sim = write_files(sc, Path(tmp), seed=seed, fmt="jsonl.gz", progress=True)
