@@ -411,11 +411,28 @@ class KafkaIngest:
             offsets = {tp: o for tp, o in offsets.items() if tp in flight.commit_only}
         if flight.abandoned or not offsets:
             return
-        try:
-            consumer.commit(offsets)
-        except CommitFailedError as e:
-            # The group moved on; the new owner recovers the batch from its recorded ranges.
-            log.warning("commit failed after a rebalance; the batch will be recovered: %s", e)
+        self._commit(offsets)
+
+    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        """Commit, retrying while Kafka is unreachable. Giving up is safe: an uncommitted batch
+        is recovered from its recorded ranges by whoever next owns the partitions."""
+        consumer = self._consumer
+        assert consumer is not None
+        delay = 0.5
+        while True:
+            try:
+                consumer.commit(offsets)
+                return
+            except CommitFailedError as e:
+                log.warning("commit failed after a rebalance; the batch will be recovered: %s", e)
+                return
+            except KafkaError as e:
+                if self._stop.is_set():
+                    log.warning("commit failed while stopping (%s); left for recovery", e)
+                    return
+                log.warning("commit failed (%s); retrying in %.1f s", e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, self.settings.backoff_max_seconds)
 
     def _drain(self) -> dict[TopicPartition, OffsetAndMetadata]:
         """Finish the flight and write the current batch now (before partitions are revoked).
