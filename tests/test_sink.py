@@ -178,3 +178,18 @@ def test_an_insert_interrupted_half_way_completes_on_replay(wh):
             " (SELECT count() FROM request_attrs) AS attrs"
         )
         assert done.row(0) == (50, 50, 50, 50)
+
+
+def test_omitted_fields_take_their_defaults_and_any_offset_is_read(wh):
+    sink = EventSink(wh)
+    bare = {k: v for k, v in response(1).items() if k not in ("locale", "platform", "intent")}
+    del bare["schema_version"]
+    nanos = response(2, ts="2026-11-20T10:00:00.123456789+02:00")
+    _flush(sink, [(0, encode(bare))])
+    _flush(sink, [(1, encode(nanos))])
+    rows = wh.query_frame(
+        "SELECT event_id, schema_version, locale, platform, intent, cohort, ts FROM responses"
+        " ORDER BY event_id"
+    )
+    assert rows.rows()[0][:6] == ("resp-1", 1, "und", "other", "", "established")
+    assert rows["ts"][1].isoformat() == "2026-11-20T08:00:00.123000+00:00"
