@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import faulthandler
 import logging
 import signal
@@ -75,6 +76,23 @@ def _print_frame(frame: pl.DataFrame, title: str) -> None:
     for row in frame.iter_rows():
         table.add_row(*(_cell(v) for v in row))
     out.print(table)
+
+
+def _daily_table(frame: pl.DataFrame) -> pl.DataFrame:
+    """The daily summary with short headers and rates as percentages, to fit a terminal."""
+    pct = ("rating_rate", "thumbs_down_rate", "retry_rate", "refusal_rate")
+    return frame.with_columns((pl.col(c) * 100).round(2) for c in pct).rename(
+        {
+            "model_version": "model",
+            "rating_rate": "rated %",
+            "thumbs_down_rate": "down %",
+            "retry_rate": "retry %",
+            "refusal_rate": "refusal %",
+            "mean_completion_tokens": "tokens",
+            "latency_p50_ms": "p50 ms",
+            "turns_per_session": "turns",
+        }
+    )
 
 
 def _cell(value: object) -> str:
@@ -248,20 +266,30 @@ def warehouse_stats(url: WarehouseUrl = None) -> None:
     with _open(url) as wh:
         _print_frame(warehouse.event_counts(wh), "events")
         _print_frame(warehouse.dead_letter_counts(wh), "dead letters")
-        _print_frame(warehouse.daily_summary(wh), "daily summary (from the hourly rollup)")
+        _print_frame(
+            _daily_table(warehouse.daily_summary(wh)), "daily summary (from the hourly rollup)"
+        )
 
 
 @app.command()
 def demo(
     days: Annotated[int, typer.Option(help="Days of traffic to simulate.")] = 7,
+    start: Annotated[
+        dt.datetime,
+        typer.Option(
+            formats=["%Y-%m-%d"],
+            help="First simulated day. The default week opens the new model's A/B test at 5%.",
+        ),
+    ] = dt.datetime(2026, 9, 8),
     seed: Annotated[int, typer.Option(help="Simulation seed.")] = 7,
     url: WarehouseUrl = None,
 ) -> None:
     """Simulate a week of traffic, ingest it into the embedded warehouse, print a summary.
 
-    Needs no Kafka and no server: the warehouse is embedded (chdb) under ./.telltale/.
+    Needs no Kafka and no server: the warehouse is embedded (chdb) under ./.telltale/. The
+    simulated week has a new model version in a staged A/B test beside the current one.
     """
-    sc = Scenario.default().evolve(days=days)
+    sc = Scenario.default().evolve(start=start.date(), days=days)
     with tempfile.TemporaryDirectory(prefix="telltale-demo-") as tmp:
         console.print(f"[bold]1/3[/] simulating {days} days of traffic (seed {seed})")
         sim = write_files(sc, Path(tmp), seed=seed, fmt="jsonl.gz", progress=True)
@@ -273,7 +301,14 @@ def demo(
                 raise _fail(str(e)) from None
             console.print("[bold]3/3[/] summary")
             _print_frame(warehouse.event_counts(wh), "events in the warehouse")
-            _print_frame(warehouse.daily_summary(wh), "daily summary (from the hourly rollup)")
+            _print_frame(
+                _daily_table(warehouse.daily_summary(wh)), "daily summary (from the hourly rollup)"
+            )
+        console.print(
+            "The daily rates move with the weekday and with who happens to be in each arm: "
+            "telling the model's effect apart is what `telltale attribute` is for. "
+            "Inspect the warehouse again with `telltale warehouse stats`."
+        )
 
 
 def main() -> None:
