@@ -305,9 +305,9 @@ def demo(
                 _daily_table(warehouse.daily_summary(wh)), "daily summary (from the hourly rollup)"
             )
         console.print(
-            "The daily rates move with the weekday and with who happens to be in each arm: "
-            "telling the model's effect apart is what `telltale attribute` is for. "
-            "Inspect the warehouse again with `telltale warehouse stats`."
+            "The daily rates move with the weekday and with who lands in each arm, not only "
+            "with the model. Inspect the warehouse again with `telltale warehouse stats`; "
+            "running the demo again stores nothing twice."
         )
 
 
