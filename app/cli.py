@@ -180,7 +180,8 @@ def ingest(
         typer.Option(
             "--from-file",
             "-f",
-            help="Backfill from JSONL, JSONL.gz or Parquet files instead of Kafka (repeatable).",
+            help="Backfill from JSONL, JSONL.gz or Parquet files, or a directory of them, "
+            "instead of Kafka (repeatable).",
         ),
     ] = None,
     url: WarehouseUrl = None,
@@ -205,7 +206,7 @@ def ingest(
 
     [bold]Examples[/]
 
-      telltale ingest --from-file .telltale/simulated/events.jsonl.gz
+      telltale ingest --from-file .telltale/simulated
 
       telltale ingest --bootstrap kafka:9092 --group telltale-ingest
     """
@@ -214,7 +215,7 @@ def ingest(
         sink = EventSink(wh)
         try:
             if from_file:
-                metrics = backfill(sink, from_file, progress=True)
+                metrics = backfill(sink, _expand(from_file), progress=True)
             else:
                 overrides = {
                     k: v
@@ -234,6 +235,19 @@ def ingest(
             f"ingested {metrics.total_events:,} events; {metrics.total_dead:,} dead letters; "
             f"{metrics.total_duplicates:,} duplicates dropped in-batch"
         )
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    """Files as given; a directory stands for its event files, in name (= time) order."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(
+                sorted(f for f in p.iterdir() if f.name.endswith((".jsonl", ".gz", ".parquet")))
+            )
+        else:
+            out.append(p)
+    return out
 
 
 @warehouse_app.command("migrate")
