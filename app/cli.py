@@ -154,7 +154,7 @@ def simulate(
     if fmt not in ("jsonl.gz", "jsonl", "parquet"):
         raise _fail(f"--format must be jsonl.gz, jsonl or parquet, not {fmt!r}")
     result = write_files(sc, out_dir, seed=seed, fmt=fmt, progress=True)  # type: ignore[arg-type]
-    console.print(f"wrote {result}")
+    console.print(str(result))
 
 
 def _topic_map(topics: list[str]) -> dict[str, str]:
