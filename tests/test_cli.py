@@ -1,0 +1,69 @@
+"""The `telltale` command line, run as a user runs it (a subprocess), on a small scenario."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import warehouse
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def telltale(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+    )
+
+
+def test_demo_runs_end_to_end_and_is_idempotent(tmp_path):
+    first = telltale("demo", "--days", "1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "daily summary" in first.stdout
+    assert "assistant-2026-09" in first.stdout  # the A/B week shows the candidate
+    with warehouse.connect(f"chdb://{tmp_path}/.telltale/warehouse") as wh:
+        counts = dict(warehouse.event_counts(wh).iter_rows())
+    assert counts["responses"] > 10_000
+    again = telltale("demo", "--days", "1", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    with warehouse.connect(f"chdb://{tmp_path}/.telltale/warehouse") as wh:
+        assert dict(warehouse.event_counts(wh).iter_rows()) == counts
+
+
+def test_simulate_then_backfill_a_directory(tmp_path):
+    out = tmp_path / "sim"
+    sim = telltale("simulate", "--days", "1", "--out", str(out), cwd=tmp_path)
+    assert sim.returncode == 0, sim.stderr[-3000:]
+    truth = json.loads((out / "truth.json").read_text())
+    assert truth["seed"] is not None
+    url = f"chdb://{tmp_path}/wh"
+    ingest = telltale("ingest", "--from-file", str(out), "-w", url, cwd=tmp_path)
+    assert ingest.returncode == 0, ingest.stderr[-3000:]
+    assert "0 dead letters" in ingest.stderr
+    stats = telltale("warehouse", "stats", "-w", url, cwd=tmp_path)
+    assert stats.returncode == 0 and "responses" in stats.stdout
+
+
+def test_errors_say_what_to_do_without_a_traceback(tmp_path):
+    missing = telltale("ingest", "--from-file", str(tmp_path / "nope.jsonl"), cwd=tmp_path)
+    assert missing.returncode == 1
+    assert "no such file" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    bad_url = telltale("warehouse", "stats", "-w", "mysql://db", cwd=tmp_path)
+    assert bad_url.returncode == 1
+    assert "chdb://PATH" in bad_url.stderr
+    assert "Traceback" not in bad_url.stderr
+
+
+def test_cluster_ddl_is_printed(tmp_path):
+    ddl = telltale("warehouse", "ddl", "--cluster", "prod", cwd=tmp_path)
+    assert ddl.returncode == 0
+    assert "ReplicatedReplacingMergeTree" in ddl.stdout
+    assert "Distributed(prod" in ddl.stdout
