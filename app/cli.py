@@ -274,6 +274,22 @@ def warehouse_ddl(
         out.print(statement + ";\n", highlight=False, soft_wrap=True)
 
 
+@warehouse_app.command("rebuild-rollups")
+def warehouse_rebuild_rollups(url: WarehouseUrl = None) -> None:
+    """Recompute the hourly rollups from the raw tables.
+
+    Feedback or a retry that arrived before its response is rolled up under an empty model
+    version; a rebuild attributes it to the response's model version and segment. Stop ingest
+    first (the rollups are emptied, then refilled).
+    """
+    with _open(url) as wh:
+        try:
+            warehouse.rebuild_rollups(wh)
+        except warehouse.WarehouseError as e:
+            raise _fail(str(e)) from None
+    console.print("rollups rebuilt from the raw tables")
+
+
 @warehouse_app.command("stats")
 def warehouse_stats(url: WarehouseUrl = None) -> None:
     """Events per table, dead letters by kind, and the daily summary."""

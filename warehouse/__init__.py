@@ -17,6 +17,7 @@ from warehouse.queries import (
     event_counts,
     hourly_rollup,
     pending_flight,
+    rebuild_rollups,
     record_ingest_intents,
 )
 from warehouse.schema import render_ddl
@@ -40,6 +41,7 @@ __all__ = [
     "hourly_rollup",
     "migrate",
     "pending_flight",
+    "rebuild_rollups",
     "record_ingest_intents",
     "render_ddl",
 ]

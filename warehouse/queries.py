@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from warehouse.connection import Warehouse
 from warehouse.errors import TerminalWarehouseError
+from warehouse.schema import ROLLUPS, render_rollup_rebuild
 
 __all__ = [
     "EVENT_TABLES",
@@ -24,6 +25,7 @@ __all__ = [
     "event_counts",
     "hourly_rollup",
     "pending_flight",
+    "rebuild_rollups",
     "record_ingest_intents",
 ]
 
@@ -78,6 +80,17 @@ def pending_flight(
         return None
     ranges = [(s, int(p), int(lo), int(hi)) for _, s, p, lo, hi in frame.iter_rows()]
     return frame["flight"][0], ranges
+
+
+def rebuild_rollups(wh: Warehouse) -> None:
+    """Recompute the hourly rollups from the raw tables (see :func:`render_rollup_rebuild`)."""
+    db = wh.database
+    for rollup in ROLLUPS:
+        wh.command(f"TRUNCATE TABLE {db}.{rollup}")
+    for rollup, select in render_rollup_rebuild(db):
+        # INSERT ... SELECT matches columns by position, views by name: name them.
+        columns = wh.query_frame(f"DESCRIBE ({select})")["name"].to_list()
+        wh.command(f"INSERT INTO {db}.{rollup} ({', '.join(columns)}) {select}")
 
 
 def event_counts(wh: Warehouse) -> pl.DataFrame:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["TABLES", "VIEWS", "Table", "View", "render_ddl"]
+__all__ = ["ROLLUPS", "TABLES", "VIEWS", "Table", "View", "render_ddl", "render_rollup_rebuild"]
 
 DEDUP_WINDOW = 100_000
 """Insert blocks remembered per table for token deduplication. It must cover every block written
@@ -395,6 +395,26 @@ VIEWS: tuple[View, ...] = (
         f" GROUP BY hour, model_version, variant, locale, platform, cohort {_DIRECT}",
     ),
 )
+
+
+ROLLUPS = ("rollup_hourly", "sessions_hourly")
+"""Tables filled by views as events arrive, and rebuildable from the raw tables."""
+
+
+def render_rollup_rebuild(database: str = "default") -> list[tuple[str, str]]:
+    """``(rollup, SELECT)`` pairs that recompute the rollups from the raw tables, with the
+    views' own SQL (the source read with ``FINAL``).
+
+    Useful after late events: feedback that arrived before its response is rolled up under an
+    empty model version, and a rebuild attributes it. Run it with ingest stopped.
+    """
+    out = []
+    for v in VIEWS:
+        if v.target in ROLLUPS:
+            names = _Names({t.name: f"{database}.{t.name}" for t in TABLES})
+            names[v.source] = f"(SELECT * FROM {database}.{v.source} FINAL)"
+            out.append((v.target, v.select.format(t=names)))
+    return out
 
 
 class _Names(dict[str, str]):
