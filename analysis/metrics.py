@@ -1,0 +1,160 @@
+"""The metrics registry: what each product metric divides by what, and which way is good.
+
+A metric is a ratio of two counts over a unit of analysis. The count names (``thumbs_down``,
+``ratings``, ...) are the columns the warehouse's rollups and per-unit queries expose, so the
+same definition serves a dashboard series, an A/B comparison and the release gate.
+``docs/metrics.md`` is the human-readable form of this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from types import MappingProxyType
+
+from analysis.errors import UnknownMetricError
+
+__all__ = ["METRICS", "Direction", "Metric", "Unit", "get_metric"]
+
+
+class Unit(StrEnum):
+    """What one observation of the metric is; standard errors cluster above it, by user."""
+
+    RESPONSE = "response"
+    SESSION = "session"
+    USER = "user"
+
+
+class Direction(StrEnum):
+    """Which way a change is an improvement."""
+
+    LOWER_IS_BETTER = "lower"
+    HIGHER_IS_BETTER = "higher"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One product metric: ``numerator / denominator`` over ``unit``.
+
+    ``owner`` answers for it at the release review; ``threshold`` is the relative change in the
+    bad direction that fails the release gate (0.05: a 5% relative worsening).
+    """
+
+    name: str
+    numerator: str
+    denominator: str
+    unit: Unit
+    better: Direction
+    owner: str
+    threshold: float
+    description: str
+
+    def is_worse(self, relative_change: float) -> bool:
+        """Whether a relative change (candidate / baseline - 1) goes the bad way."""
+        if self.better is Direction.LOWER_IS_BETTER:
+            return relative_change > 0
+        return relative_change < 0
+
+
+_ALL = (
+    Metric(
+        "thumbs_down_rate",
+        "thumbs_down",
+        "ratings",
+        Unit.RESPONSE,
+        Direction.LOWER_IS_BETTER,
+        "product-quality",
+        0.05,
+        "Share of rated responses rated thumbs down. Only rated responses count: a change in "
+        "who rates (a UI change) moves it without any change in quality.",
+    ),
+    Metric(
+        "rating_rate",
+        "ratings",
+        "responses",
+        Unit.RESPONSE,
+        Direction.HIGHER_IS_BETTER,
+        "product-analytics",
+        0.10,
+        "Share of responses that got a thumb at all: the base the thumbs-down rate stands on.",
+    ),
+    Metric(
+        "retry_rate",
+        "retries",
+        "responses",
+        Unit.RESPONSE,
+        Direction.LOWER_IS_BETTER,
+        "product-quality",
+        0.05,
+        "Retries (regenerate, rephrase, edit) per response: a dissatisfaction signal that does "
+        "not depend on the user choosing to rate.",
+    ),
+    Metric(
+        "refusal_rate",
+        "refusals",
+        "responses",
+        Unit.RESPONSE,
+        Direction.LOWER_IS_BETTER,
+        "trust-and-safety",
+        0.10,
+        "Share of responses the refusal detector flagged.",
+    ),
+    Metric(
+        "session_turns",
+        "turns",
+        "sessions",
+        Unit.SESSION,
+        Direction.HIGHER_IS_BETTER,
+        "product-analytics",
+        0.05,
+        "Responses per ended session. Longer answers can move it either way: read it with the "
+        "verbosity check, not alone.",
+    ),
+    Metric(
+        "session_seconds",
+        "seconds",
+        "sessions",
+        Unit.SESSION,
+        Direction.HIGHER_IS_BETTER,
+        "product-analytics",
+        0.05,
+        "Seconds per ended session. Slower or more verbose answers lengthen sessions without "
+        "making them better: read it with the verbosity check.",
+    ),
+    Metric(
+        "task_completion_rate",
+        "completed",
+        "completion_known",
+        Unit.SESSION,
+        Direction.HIGHER_IS_BETTER,
+        "product-quality",
+        0.03,
+        "Share of ended sessions whose task was completed, among those where the product knows.",
+    ),
+    Metric(
+        "retention_d7",
+        "retained_d7",
+        "new_users",
+        Unit.USER,
+        Direction.HIGHER_IS_BETTER,
+        "growth",
+        0.03,
+        "Share of users first seen on a day who come back 7 days later, by the model version "
+        "they were first exposed to. Feedback metrics computed only on returning users suffer "
+        "survivorship: see the retention method.",
+    ),
+)
+
+METRICS: Mapping[str, Metric] = MappingProxyType({m.name: m for m in _ALL})
+"""Every registered metric, by name."""
+
+
+def get_metric(name: str) -> Metric:
+    """The metric called ``name``; the error lists the known names."""
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise UnknownMetricError(
+            f"unknown metric {name!r}: choose from {', '.join(sorted(METRICS))}"
+        ) from None
