@@ -5,14 +5,18 @@ Storage-agnostic: functions take and return polars frames or numpy arrays.
 
 from analysis.errors import AnalysisError, InsufficientDataError, UnknownMetricError
 from analysis.metrics import METRICS, Direction, Metric, Unit, get_metric
+from analysis.regression import Estimate, RegressionResult, fit_clustered_ols
 
 __all__ = [
     "METRICS",
     "AnalysisError",
     "Direction",
+    "Estimate",
     "InsufficientDataError",
     "Metric",
+    "RegressionResult",
     "Unit",
     "UnknownMetricError",
+    "fit_clustered_ols",
     "get_metric",
 ]

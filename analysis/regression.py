@@ -1,0 +1,159 @@
+"""Least squares with standard errors clustered by unit: the estimator under the concurrent
+comparison (outcomes on model version plus fixed effects, clustered by user).
+
+Cluster-robust covariance as Stata's ``vce(cluster ...)`` computes it: the small-sample factor
+G/(G-1) * (N-1)/(N-K), and t inference on G-1 degrees of freedom.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import statsmodels.api as sm
+
+from analysis.errors import InsufficientDataError
+
+__all__ = ["Estimate", "RegressionResult", "fit_clustered_ols"]
+
+_MIN_CLUSTERS = 5
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One coefficient with its uncertainty."""
+
+    term: str
+    value: float
+    se: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+
+
+@dataclass(frozen=True)
+class RegressionResult:
+    """Estimates of a clustered least-squares fit, with what they assume and what to doubt."""
+
+    estimates: tuple[Estimate, ...]
+    outcome: str
+    cluster: str
+    n_obs: int
+    n_clusters: int
+    df: int
+    confidence: float
+    assumptions: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+    def estimate(self, term: str) -> Estimate:
+        """The estimate for ``term``."""
+        for e in self.estimates:
+            if e.term == term:
+                return e
+        raise KeyError(f"no term {term!r}; terms: {[e.term for e in self.estimates]}")
+
+    def to_frame(self) -> pl.DataFrame:
+        """One row per term: value, se, confidence bounds, p-value."""
+        return pl.DataFrame([e.__dict__ for e in self.estimates])
+
+    def summary(self, fmt: str = "text") -> str:
+        """The estimates, assumptions and warnings as ``text``, ``markdown`` or ``html``."""
+        header = (
+            f"{self.outcome}: least squares, {self.n_obs} observations in {self.n_clusters} "
+            f"clusters of {self.cluster}; {self.confidence:.0%} intervals, t({self.df})"
+        )
+        rows = [
+            (e.term, f"{e.value:.6g}", f"{e.se:.4g}", f"[{e.ci_low:.6g}, {e.ci_high:.6g}]",
+             f"{e.p_value:.3g}")
+            for e in self.estimates
+        ]  # fmt: skip
+        cols = ("term", "estimate", "std. error", "interval", "p")
+        notes = [f"assumes: {a}" for a in self.assumptions]
+        notes += [f"warning: {w}" for w in self.warnings]
+        if fmt == "markdown":
+            table = [f"| {' | '.join(cols)} |", f"|{'---|' * len(cols)}"]
+            table += [f"| {' | '.join(r)} |" for r in rows]
+            return "\n".join([f"**{header}**", "", *table, "", *(f"- {n}" for n in notes)])
+        if fmt == "html":
+            head = "".join(f"<th>{c}</th>" for c in cols)
+            body = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in r) + "</tr>" for r in rows)
+            items = "".join(f"<li>{n}</li>" for n in notes)
+            return (
+                f"<p><strong>{header}</strong></p><table><thead><tr>{head}</tr></thead>"
+                f"<tbody>{body}</tbody></table><ul>{items}</ul>"
+            )
+        if fmt != "text":
+            raise ValueError(f"fmt must be text, markdown or html, not {fmt!r}")
+        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+        lines = [header, "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+        lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+        return "\n".join([*lines, *notes])
+
+
+def fit_clustered_ols(
+    frame: pl.DataFrame,
+    *,
+    outcome: str,
+    regressors: Sequence[str],
+    cluster: str,
+    intercept: bool = True,
+    confidence: float = 0.95,
+) -> RegressionResult:
+    """Regress ``outcome`` on ``regressors`` with standard errors clustered by ``cluster``.
+
+    Rows with a missing value in any used column are dropped (and counted in the warnings).
+    """
+    used = [outcome, *regressors, cluster]
+    missing = [c for c in used if c not in frame.columns]
+    if missing:
+        raise InsufficientDataError(f"columns not in the frame: {missing}")
+    clean = frame.select(used).drop_nulls()
+    warnings = []
+    if clean.height < frame.height:
+        warnings.append(f"{frame.height - clean.height} rows with missing values were dropped")
+    groups = clean[cluster].to_numpy()
+    n_clusters = len(np.unique(groups))
+    if n_clusters < _MIN_CLUSTERS:
+        raise InsufficientDataError(
+            f"{n_clusters} clusters of {cluster}: at least {_MIN_CLUSTERS} are needed for "
+            "clustered standard errors to mean anything"
+        )
+    if n_clusters < 30:
+        warnings.append(
+            f"only {n_clusters} clusters: clustered standard errors are imprecise below ~30"
+        )
+    exog = clean.select(regressors).to_numpy().astype(float)
+    names = list(regressors)
+    if intercept:
+        exog = np.column_stack([exog, np.ones(len(exog))])
+        names.append("const")
+    y = clean[outcome].to_numpy().astype(float)
+    fit = sm.OLS(y, exog).fit(
+        cov_type="cluster",
+        cov_kwds={"groups": groups, "use_correction": True, "df_correction": True},
+        use_t=True,
+    )
+    alpha = 1 - confidence
+    ci = fit.conf_int(alpha=alpha)
+    estimates = tuple(
+        Estimate(name, float(b), float(se), float(lo), float(hi), float(p))
+        for name, b, se, (lo, hi), p in zip(
+            names, fit.params, fit.bse, ci, fit.pvalues, strict=True
+        )
+    )
+    return RegressionResult(
+        estimates=estimates,
+        outcome=outcome,
+        cluster=cluster,
+        n_obs=clean.height,
+        n_clusters=n_clusters,
+        df=n_clusters - 1,
+        confidence=confidence,
+        assumptions=(
+            "the outcome is linear in the regressors",
+            f"observations are independent across {cluster}, dependent within it in any way",
+        ),
+        warnings=tuple(warnings),
+    )
