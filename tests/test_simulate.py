@@ -462,44 +462,10 @@ def test_write_files(tmp_path: Path, fmt: str):
         ]
 
 
-def test_produce_to_kafka_routes_by_type_and_keys_by_user(monkeypatch):
-    sent: list[tuple[str, bytes, bytes]] = []
-
-    class Future:
-        def add_errback(self, fn):
-            return self
-
-    import kafka
-
-    class FakeProducer:
-        def __init__(self, **config):
-            assert set(config) <= set(real.DEFAULT_CONFIG)  # kafka-python rejects unknown keys
-            assert config["bootstrap_servers"] == "broker:9092"
-            assert config["linger_ms"] > 0
-
-        def send(self, topic, value, key):
-            sent.append((topic, key, value))
-            return Future()
-
-        def flush(self):
-            pass
-
-        def close(self):
-            pass
-
-    real = kafka.KafkaProducer
-    monkeypatch.setattr(kafka, "KafkaProducer", FakeProducer)
-    scenario = quiet(days=1)
-    topics = {k: f"telltale.{k}" for k in EVENT_KINDS}
-    topics["session_end"] = topics["session_start"] = "telltale.sessions"
-    counts = produce_to_kafka(scenario, "broker:9092", topics)
-    assert sum(counts.values()) == len(sent) > 0
-    for topic, key, value in sent[:500]:
-        event = json.loads(value)
-        assert topic == topics[event["type"]]
-        assert key == event["user_id"].encode()
+def test_produce_to_kafka_needs_a_topic_for_every_kind():
+    # checked before any connection is made; routing itself is tested on a real broker below
     with pytest.raises(TerminalIngestError, match="retry"):
-        produce_to_kafka(scenario, "broker:9092", {"response": "r"})
+        produce_to_kafka(quiet(days=1), "127.0.0.1:9", {"response": "r"})
 
 
 @pytest.mark.kafka
@@ -529,6 +495,7 @@ def test_produce_to_a_real_broker(kafka_broker, kafka_topics):
             for msg in records:
                 event = json.loads(msg.value)
                 got[event["type"]] += 1
+                assert msg.topic == topics[event["type"]]
                 assert msg.key == event["user_id"].encode()
                 partitions[(msg.topic, event["user_id"])].add(msg.partition)
                 values.append(msg.value)
