@@ -38,8 +38,8 @@ __all__ = ["ROLLUPS", "TABLES", "VIEWS", "Table", "View", "render_ddl", "render_
 
 DEDUP_WINDOW = 100_000
 """Insert blocks remembered per table for token deduplication. It must cover every block written
-during ``REPLAY_GRACE_SECONDS``: one per partition batch per flush (about 30k at 8 partitions and
-one flush a second)."""
+during ``REPLAY_GRACE_SECONDS``: one per batch per consumer (3,600 an hour per consumer at one
+flush a second, so room for about 25 consumers)."""
 
 REPLAY_GRACE_SECONDS = 3_600
 """How long after its first attempt a batch may be replayed and completed (see module doc)."""
