@@ -5,7 +5,8 @@ Storage-agnostic: functions take and return polars frames or numpy arrays.
 
 from analysis.errors import AnalysisError, InsufficientDataError, UnknownMetricError
 from analysis.metrics import METRICS, Direction, Metric, Unit, get_metric
-from analysis.regression import Estimate, RegressionResult, fit_clustered_ols
+from analysis.regression import RegressionResult, fit_clustered_ols
+from analysis.results import Estimate
 
 __all__ = [
     "METRICS",

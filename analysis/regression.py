@@ -15,22 +15,11 @@ import polars as pl
 import statsmodels.api as sm
 
 from analysis.errors import InsufficientDataError
+from analysis.results import Estimate, render_summary
 
-__all__ = ["Estimate", "RegressionResult", "fit_clustered_ols"]
+__all__ = ["RegressionResult", "fit_clustered_ols"]
 
 _MIN_CLUSTERS = 5
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """One coefficient with its uncertainty."""
-
-    term: str
-    value: float
-    se: float
-    ci_low: float
-    ci_high: float
-    p_value: float
 
 
 @dataclass(frozen=True)
@@ -64,32 +53,7 @@ class RegressionResult:
             f"{self.outcome}: least squares, {self.n_obs} observations in {self.n_clusters} "
             f"clusters of {self.cluster}; {self.confidence:.0%} intervals, t({self.df})"
         )
-        rows = [
-            (e.term, f"{e.value:.6g}", f"{e.se:.4g}", f"[{e.ci_low:.6g}, {e.ci_high:.6g}]",
-             f"{e.p_value:.3g}")
-            for e in self.estimates
-        ]  # fmt: skip
-        cols = ("term", "estimate", "std. error", "interval", "p")
-        notes = [f"assumes: {a}" for a in self.assumptions]
-        notes += [f"warning: {w}" for w in self.warnings]
-        if fmt == "markdown":
-            table = [f"| {' | '.join(cols)} |", f"|{'---|' * len(cols)}"]
-            table += [f"| {' | '.join(r)} |" for r in rows]
-            return "\n".join([f"**{header}**", "", *table, "", *(f"- {n}" for n in notes)])
-        if fmt == "html":
-            head = "".join(f"<th>{c}</th>" for c in cols)
-            body = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in r) + "</tr>" for r in rows)
-            items = "".join(f"<li>{n}</li>" for n in notes)
-            return (
-                f"<p><strong>{header}</strong></p><table><thead><tr>{head}</tr></thead>"
-                f"<tbody>{body}</tbody></table><ul>{items}</ul>"
-            )
-        if fmt != "text":
-            raise ValueError(f"fmt must be text, markdown or html, not {fmt!r}")
-        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-        lines = [header, "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
-        lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
-        return "\n".join([*lines, *notes])
+        return render_summary(header, self.estimates, self.assumptions, self.warnings, fmt)
 
 
 def fit_clustered_ols(

@@ -1,0 +1,56 @@
+"""What every analysis result shares: estimates with intervals, and one way to print them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["Estimate", "render_summary"]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One estimated quantity with its uncertainty (``p_value`` is NaN where none is defined)."""
+
+    term: str
+    value: float
+    se: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+
+
+def render_summary(
+    header: str,
+    estimates: Sequence[Estimate],
+    assumptions: Sequence[str],
+    warnings: Sequence[str],
+    fmt: str,
+) -> str:
+    """A result as ``text``, ``markdown`` or ``html``: a header line, a table of estimates with
+    their intervals, then what the method assumes and what to doubt."""
+    rows = [
+        (e.term, f"{e.value:.6g}", f"{e.se:.4g}", f"[{e.ci_low:.6g}, {e.ci_high:.6g}]",
+         "-" if e.p_value != e.p_value else f"{e.p_value:.3g}")
+        for e in estimates
+    ]  # fmt: skip
+    cols = ("term", "estimate", "std. error", "interval", "p")
+    notes = [f"assumes: {a}" for a in assumptions] + [f"warning: {w}" for w in warnings]
+    if fmt == "markdown":
+        table = [f"| {' | '.join(cols)} |", f"|{'---|' * len(cols)}"]
+        table += [f"| {' | '.join(r)} |" for r in rows]
+        return "\n".join([f"**{header}**", "", *table, "", *(f"- {n}" for n in notes)])
+    if fmt == "html":
+        head = "".join(f"<th>{c}</th>" for c in cols)
+        body = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in r) + "</tr>" for r in rows)
+        items = "".join(f"<li>{n}</li>" for n in notes)
+        return (
+            f"<p><strong>{header}</strong></p><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table><ul>{items}</ul>"
+        )
+    if fmt != "text":
+        raise ValueError(f"fmt must be text, markdown or html, not {fmt!r}")
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    lines = [header, "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join([*lines, *notes])
