@@ -5,6 +5,7 @@ Storage-agnostic: functions take and return polars frames or numpy arrays.
 
 from analysis.errors import AnalysisError, InsufficientDataError, UnknownMetricError
 from analysis.metrics import METRICS, Direction, Metric, Unit, get_metric
+from analysis.population import PopulationShift, decompose_population_shift
 from analysis.regression import RegressionResult, fit_clustered_ols
 from analysis.results import Estimate
 
@@ -15,9 +16,11 @@ __all__ = [
     "Estimate",
     "InsufficientDataError",
     "Metric",
+    "PopulationShift",
     "RegressionResult",
     "Unit",
     "UnknownMetricError",
+    "decompose_population_shift",
     "fit_clustered_ols",
     "get_metric",
 ]
