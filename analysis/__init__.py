@@ -5,6 +5,7 @@ Storage-agnostic: functions take and return polars frames or numpy arrays.
 
 from analysis.errors import AnalysisError, InsufficientDataError, UnknownMetricError
 from analysis.metrics import METRICS, Direction, Metric, Unit, get_metric
+from analysis.oaxaca import CovariateShift, decompose_covariate_shift
 from analysis.population import PopulationShift, decompose_population_shift
 from analysis.regression import RegressionResult, fit_clustered_ols
 from analysis.results import Estimate
@@ -12,6 +13,7 @@ from analysis.results import Estimate
 __all__ = [
     "METRICS",
     "AnalysisError",
+    "CovariateShift",
     "Direction",
     "Estimate",
     "InsufficientDataError",
@@ -20,6 +22,7 @@ __all__ = [
     "RegressionResult",
     "Unit",
     "UnknownMetricError",
+    "decompose_covariate_shift",
     "decompose_population_shift",
     "fit_clustered_ols",
     "get_metric",
