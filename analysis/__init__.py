@@ -9,6 +9,7 @@ from analysis.oaxaca import CovariateShift, decompose_covariate_shift
 from analysis.population import PopulationShift, decompose_population_shift
 from analysis.regression import RegressionResult, fit_clustered_ols
 from analysis.results import Estimate
+from analysis.switchover import SwitchoverEffect, estimate_switchover
 
 __all__ = [
     "METRICS",
@@ -20,10 +21,12 @@ __all__ = [
     "Metric",
     "PopulationShift",
     "RegressionResult",
+    "SwitchoverEffect",
     "Unit",
     "UnknownMetricError",
     "decompose_covariate_shift",
     "decompose_population_shift",
+    "estimate_switchover",
     "fit_clustered_ols",
     "get_metric",
 ]
