@@ -3,6 +3,7 @@
 Storage-agnostic: functions take and return polars frames or numpy arrays.
 """
 
+from analysis.concurrent import ConcurrentComparison, SampleRatioCheck, compare_concurrent
 from analysis.errors import AnalysisError, InsufficientDataError, UnknownMetricError
 from analysis.metrics import METRICS, Direction, Metric, Unit, get_metric
 from analysis.oaxaca import CovariateShift, decompose_covariate_shift
@@ -14,6 +15,7 @@ from analysis.switchover import SwitchoverEffect, estimate_switchover
 __all__ = [
     "METRICS",
     "AnalysisError",
+    "ConcurrentComparison",
     "CovariateShift",
     "Direction",
     "Estimate",
@@ -21,9 +23,11 @@ __all__ = [
     "Metric",
     "PopulationShift",
     "RegressionResult",
+    "SampleRatioCheck",
     "SwitchoverEffect",
     "Unit",
     "UnknownMetricError",
+    "compare_concurrent",
     "decompose_covariate_shift",
     "decompose_population_shift",
     "estimate_switchover",

@@ -1,0 +1,245 @@
+"""Concurrent comparison: both model versions serve at the same time (a staged rollout or an
+A/B test by user), so the control arm is the counterfactual.
+
+The outcome (per response, session or user) is regressed on the arm with fixed effects for each
+cell of hour-of-week x segment, so weekday, hour and segment mix cannot leak into the effect,
+and optionally on CUPED covariates (each user's own pre-period behaviour) to cut the variance.
+Fixed effects are absorbed by demeaning within cells (Frisch-Waugh-Lovell), which is exact and
+keeps millions of rows cheap; standard errors are clustered by user as Stata's ``vce(cluster)``
+computes them. Before any of that, a sample-ratio-mismatch test checks that users were assigned
+in the proportions the rollout intended: if not, the comparison is not trustworthy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
+
+from analysis.errors import InsufficientDataError
+from analysis.results import Estimate, render_summary
+
+__all__ = ["ConcurrentComparison", "SampleRatioCheck", "compare_concurrent"]
+
+SRM_ALPHA = 0.001
+"""Sample-ratio mismatch is flagged below this p-value (strict: the test runs on every look)."""
+
+
+@dataclass(frozen=True)
+class SampleRatioCheck:
+    """Users per arm against the intended split (chi-square goodness of fit)."""
+
+    treated_users: int
+    control_users: int
+    expected_share: float
+    observed_share: float
+    p_value: float
+
+    @property
+    def mismatch(self) -> bool:
+        """Whether assignment departs from the intended split beyond chance."""
+        return self.p_value < SRM_ALPHA
+
+
+@dataclass(frozen=True)
+class ConcurrentComparison:
+    """The treatment arm's effect on a metric, overall and by segment."""
+
+    metric: str
+    effect: Estimate
+    control_mean: float
+    relative_effect: Estimate
+    n_obs: int
+    n_users: int
+    srm: SampleRatioCheck
+    variance_reduction: float
+    by_segment: pl.DataFrame
+    confidence: float
+    assumptions: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+    def to_frame(self) -> pl.DataFrame:
+        """The overall effect (absolute and relative) as rows."""
+        return pl.DataFrame([e.__dict__ for e in (self.effect, self.relative_effect)])
+
+    def summary(self, fmt: str = "text") -> str:
+        """The comparison as ``text``, ``markdown`` or ``html``."""
+        header = (
+            f"{self.metric}: treatment vs control, {self.n_obs} observations of "
+            f"{self.n_users} users; control mean {self.control_mean:.4g}; "
+            f"sample ratio p={self.srm.p_value:.3g}; CUPED variance reduction "
+            f"{self.variance_reduction:.0%}; {self.confidence:.0%} intervals"
+        )
+        return render_summary(
+            header, (self.effect, self.relative_effect), self.assumptions, self.warnings, fmt
+        )
+
+
+def _demean(values: np.ndarray, cells: np.ndarray, n_cells: int) -> np.ndarray:
+    """Subtract each cell's mean from each column of ``values`` (n x p)."""
+    counts = np.bincount(cells, minlength=n_cells).astype(float)
+    out = np.empty_like(values)
+    for j in range(values.shape[1]):
+        means = np.bincount(cells, weights=values[:, j], minlength=n_cells) / np.maximum(counts, 1)
+        out[:, j] = values[:, j] - means[cells]
+    return out
+
+
+def _clustered_fit(
+    y: np.ndarray, x: np.ndarray, cells: np.ndarray, users: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Coefficients and clustered covariance of y on x with cell fixed effects absorbed."""
+    cell_ids, cell_idx = np.unique(cells, return_inverse=True)
+    user_ids, user_idx = np.unique(users, return_inverse=True)
+    k_cells, n_users, n = len(cell_ids), len(user_ids), len(y)
+    yd = _demean(y[:, None], cell_idx, k_cells)[:, 0]
+    xd = _demean(x, cell_idx, k_cells)
+    xtx = xd.T @ xd
+    if np.linalg.matrix_rank(xtx) < x.shape[1]:
+        raise InsufficientDataError("the arm does not vary within the fixed-effect cells")
+    beta = np.linalg.solve(xtx, xd.T @ yd)
+    resid = yd - xd @ beta
+    scores = np.zeros((n_users, x.shape[1]))
+    np.add.at(scores, user_idx, xd * resid[:, None])
+    bread = np.linalg.inv(xtx)
+    k = x.shape[1] + k_cells  # the absorbed cell means are parameters too
+    correction = n_users / (n_users - 1) * (n - 1) / (n - k)
+    cov = correction * bread @ (scores.T @ scores) @ bread
+    return beta, cov, n_users
+
+
+def check_sample_ratio(
+    users: np.ndarray, treated: np.ndarray, expected_share: float
+) -> SampleRatioCheck:
+    """Chi-square test of users per arm against ``expected_share`` in treatment."""
+    first = pl.DataFrame({"u": users, "t": treated}).group_by("u").agg(pl.col("t").max())
+    n_t = int(first["t"].sum())
+    n_c = first.height - n_t
+    expected = np.array([expected_share, 1 - expected_share]) * first.height
+    chi2 = float((((np.array([n_t, n_c]) - expected) ** 2) / expected).sum())
+    return SampleRatioCheck(
+        n_t, n_c, expected_share, n_t / first.height, float(stats.chi2.sf(chi2, 1))
+    )
+
+
+def compare_concurrent(
+    frame: pl.DataFrame,
+    *,
+    outcome: str,
+    treated: str,
+    user: str,
+    hour_of_week: str | None = "hour_of_week",
+    segments: Sequence[str] = (),
+    cuped: Sequence[str] = (),
+    expected_share: float | None = None,
+    metric: str = "",
+    confidence: float = 0.95,
+) -> ConcurrentComparison:
+    """Effect of ``treated`` (true/1 for the new version) on ``outcome``, clustered by ``user``.
+
+    ``segments`` enter as fixed effects and get their own effects with Benjamini-Hochberg and
+    Holm adjustment across them; ``cuped`` names pre-period covariates (each user's own earlier
+    value of the metric); ``expected_share`` is the intended treatment share of users for the
+    sample-ratio check (default: the observed share, which tests nothing).
+    """
+    needed = [outcome, treated, user, *segments, *cuped, *([hour_of_week] if hour_of_week else [])]
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise InsufficientDataError(f"columns not in the frame: {missing}")
+    data = frame.select(needed).drop_nulls()
+    y = data[outcome].cast(pl.Float64).to_numpy()
+    d = data[treated].cast(pl.Float64).to_numpy()
+    users = data[user].cast(pl.String).to_numpy()
+    cell_cols = [c for c in ([hour_of_week] if hour_of_week else []) + list(segments)]
+    cells = (
+        data.select(pl.concat_str([pl.col(c).cast(pl.String) for c in cell_cols], separator="|"))
+        .to_series()
+        .to_numpy()
+        if cell_cols
+        else np.zeros(len(y), dtype=np.int64)
+    )
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    warnings: list[str] = []
+
+    x = np.column_stack([d, *(data[c].cast(pl.Float64).to_numpy() for c in cuped)])
+    beta, cov, n_users = _clustered_fit(y, x, cells, users)
+    df = n_users - 1
+    t_crit = float(stats.t.ppf(0.5 + confidence / 2, df))
+    se = float(np.sqrt(cov[0, 0]))
+    effect = Estimate(
+        "effect (treatment - control)",
+        float(beta[0]),
+        se,
+        float(beta[0] - t_crit * se),
+        float(beta[0] + t_crit * se),
+        float(2 * stats.t.sf(abs(beta[0] / se), df)),
+    )
+    variance_reduction = 0.0
+    if cuped:
+        _, plain_cov, _ = _clustered_fit(y, d[:, None], cells, users)
+        variance_reduction = float(1 - cov[0, 0] / plain_cov[0, 0])
+
+    control_mean = float(y[d == 0].mean())
+    # Delta method for effect / control mean, with the control mean's own clustered variance.
+    control_users = users[d == 0]
+    _, inv = np.unique(control_users, return_inverse=True)
+    per_user = np.bincount(inv, weights=y[d == 0] - control_mean)
+    var_mean = float((per_user**2).sum()) / (d == 0).sum() ** 2
+    rel = effect.value / control_mean
+    rel_se = float(np.sqrt(se**2 / control_mean**2 + effect.value**2 * var_mean / control_mean**4))
+    relative = Estimate(
+        "relative effect", rel, rel_se, rel - z * rel_se, rel + z * rel_se, effect.p_value
+    )
+
+    srm = check_sample_ratio(
+        users, d, expected_share if expected_share is not None else float(d.mean())
+    )
+    if srm.mismatch:
+        warnings.append(
+            f"sample ratio mismatch: {srm.observed_share:.2%} of users in treatment, expected "
+            f"{srm.expected_share:.2%} (p={srm.p_value:.2g}); assignment or logging is broken "
+            "and the effect is not trustworthy"
+        )
+    if n_users < 30:
+        warnings.append(f"only {n_users} users: clustered standard errors are imprecise")
+
+    rows = []
+    for seg in segments:
+        for value in data[seg].unique().sort().to_list():
+            mask = (data[seg] == value).to_numpy()
+            if len(np.unique(d[mask])) < 2 or len(np.unique(users[mask])) < 10:
+                continue
+            b, c, g = _clustered_fit(y[mask], x[mask], cells[mask], users[mask])
+            s = float(np.sqrt(c[0, 0]))
+            rows.append(
+                (seg, str(value), float(b[0]), s, float(2 * stats.t.sf(abs(b[0] / s), g - 1)))
+            )
+    by_segment = pl.DataFrame(rows, schema=["segment", "value", "effect", "se", "p"], orient="row")
+    if by_segment.height:
+        p = by_segment["p"].to_numpy()
+        by_segment = by_segment.with_columns(
+            pl.Series("p_bh", multipletests(p, method="fdr_bh")[1]),
+            pl.Series("p_holm", multipletests(p, method="holm")[1]),
+        )
+    return ConcurrentComparison(
+        metric=metric or outcome,
+        effect=effect,
+        control_mean=control_mean,
+        relative_effect=relative,
+        n_obs=len(y),
+        n_users=n_users,
+        srm=srm,
+        variance_reduction=variance_reduction,
+        by_segment=by_segment,
+        confidence=confidence,
+        assumptions=(
+            "users were assigned to arms at random (checked: sample ratio)",
+            "one user's outcomes do not affect another's",
+            "the effect is the same across hour-of-week and segment cells it is averaged over",
+        ),
+        warnings=tuple(warnings),
+    )

@@ -1,0 +1,125 @@
+"""Concurrent comparison: exact agreement with a dummy-variable regression, planted effects,
+CUPED, sample-ratio mismatch, and multiple-testing control across segments."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import statsmodels.formula.api as smf
+
+from analysis import compare_concurrent
+
+
+def responses(
+    rng: np.random.Generator,
+    *,
+    users: int = 400,
+    effect: float = 0.0,
+    share: float = 0.5,
+    segment_effects: dict[str, float] | None = None,
+) -> pl.DataFrame:
+    """Response-level thumbs-down outcomes: user propensities, hour-of-week and locale effects,
+    a pre-period rate per user (for CUPED), treatment assigned by user."""
+    locale = rng.choice(["en", "de", "ja"], users, p=[0.6, 0.25, 0.15])
+    treated = rng.random(users) < share
+    propensity = rng.normal(0, 0.12, users)
+    pre = np.clip(0.3 + propensity + rng.normal(0, 0.05, users), 0, 1)
+    n = rng.integers(3, 25, users)
+    u = np.repeat(np.arange(users), n)
+    how = rng.integers(0, 168, len(u))
+    seg_fx = np.array([(segment_effects or {}).get(loc, 0.0) for loc in locale])
+    p = (
+        0.3
+        + propensity[u]
+        + 0.05 * np.sin(2 * np.pi * how / 168)
+        + np.where(locale[u] == "ja", 0.05, 0.0)
+        + treated[u] * (effect + seg_fx[u])
+    )
+    y = (rng.random(len(u)) < np.clip(p, 0.01, 0.99)).astype(float)
+    return pl.DataFrame(
+        {
+            "user_id": u.astype(str),
+            "treated": treated[u],
+            "hour_of_week": how,
+            "locale": locale[u],
+            "thumbs_down": y,
+            "pre_rate": pre[u],
+        }
+    )
+
+
+def test_matches_a_dummy_variable_regression_exactly():
+    rng = np.random.default_rng(1)
+    frame = responses(rng, users=120, effect=0.05)
+    frame = frame.with_columns((pl.col("hour_of_week") % 7).alias("day"))  # few cells: dummies
+    ours = compare_concurrent(
+        frame, outcome="thumbs_down", treated="treated", user="user_id", hour_of_week="day",
+        segments=["locale"],
+    )  # fmt: skip
+    pdf = frame.with_columns(pl.col("treated").cast(pl.Int8)).to_pandas()
+    pdf["cell"] = pdf["day"].astype(str) + "|" + pdf["locale"]
+    ref = smf.ols("thumbs_down ~ treated + C(cell)", data=pdf).fit(
+        cov_type="cluster", cov_kwds={"groups": pdf["user_id"].astype("category").cat.codes}
+    )
+    assert ours.effect.value == pytest.approx(ref.params["treated"], rel=1e-10)
+    assert ours.effect.se == pytest.approx(ref.bse["treated"], rel=1e-8)
+
+
+def test_planted_effect_coverage_and_cuped_gain():
+    rng = np.random.default_rng(2)
+    covered, runs, reductions, errors = 0, 60, [], []
+    for _ in range(runs):
+        r = compare_concurrent(
+            responses(rng, effect=0.04), outcome="thumbs_down", treated="treated",
+            user="user_id", segments=["locale"], cuped=["pre_rate"], expected_share=0.5,
+        )  # fmt: skip
+        covered += r.effect.ci_low <= 0.04 <= r.effect.ci_high
+        reductions.append(r.variance_reduction)
+        errors.append(r.effect.value - 0.04)
+    assert 0.88 <= covered / runs <= 1.0
+    assert np.mean(reductions) > 0.2  # the pre-period rate explains much of each user's level
+    assert abs(np.mean(errors)) < 0.1 * 0.04 + 3 * np.std(errors) / np.sqrt(runs)
+
+
+def test_sample_ratio_mismatch_is_flagged():
+    rng = np.random.default_rng(3)
+    skewed = responses(rng, users=6000, share=0.46)
+    r = compare_concurrent(
+        skewed, outcome="thumbs_down", treated="treated", user="user_id", expected_share=0.5
+    )
+    assert r.srm.mismatch
+    assert any("sample ratio mismatch" in w for w in r.warnings)
+    fair = compare_concurrent(
+        responses(rng, users=6000, share=0.5), outcome="thumbs_down", treated="treated",
+        user="user_id", expected_share=0.5,
+    )  # fmt: skip
+    assert not fair.srm.mismatch
+
+
+def test_segment_effects_with_bh_control():
+    rng = np.random.default_rng(4)
+    r = compare_concurrent(
+        responses(rng, users=3000, segment_effects={"ja": 0.12}), outcome="thumbs_down",
+        treated="treated", user="user_id", segments=["locale"],
+    )  # fmt: skip
+    seg = {row["value"]: row for row in r.by_segment.iter_rows(named=True)}
+    assert seg["ja"]["p_bh"] < 0.05
+    assert seg["en"]["p_bh"] > 0.05
+    assert seg["de"]["p_holm"] >= seg["de"]["p"]
+
+
+def test_null_effect_false_positive_rate():
+    rng = np.random.default_rng(5)
+    runs = 60
+    hits = sum(
+        compare_concurrent(
+            responses(rng, users=300),
+            outcome="thumbs_down",
+            treated="treated",
+            user="user_id",
+        ).effect.p_value
+        < 0.05
+        for _ in range(runs)
+    )
+    assert hits / runs <= 0.12  # nominal 5%; 60 runs leave room for noise
