@@ -5,7 +5,7 @@ Storage-agnostic: functions take and return polars frames or numpy arrays.
 
 from analysis.concurrent import ConcurrentComparison, SampleRatioCheck, compare_concurrent
 from analysis.errors import AnalysisError, InsufficientDataError, UnknownMetricError
-from analysis.metrics import METRICS, Direction, Metric, Unit, get_metric
+from analysis.metrics import METRICS, Direction, Metric, Unit, get_metric, response_outcome
 from analysis.oaxaca import CovariateShift, decompose_covariate_shift
 from analysis.population import PopulationShift, decompose_population_shift
 from analysis.regression import RegressionResult, fit_clustered_ols
@@ -33,4 +33,5 @@ __all__ = [
     "estimate_switchover",
     "fit_clustered_ols",
     "get_metric",
+    "response_outcome",
 ]

@@ -37,6 +37,7 @@ class SampleRatioCheck:
     control_users: int
     expected_share: float
     observed_share: float
+    # NaN when no intended split was given
     p_value: float
 
     @property
@@ -61,6 +62,24 @@ class ConcurrentComparison:
     confidence: float
     assumptions: tuple[str, ...]
     warnings: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        """Everything, as JSON-ready builtins."""
+        return {
+            "metric": self.metric,
+            "method": "concurrent comparison",
+            "effect": self.effect.__dict__,
+            "relative_effect": self.relative_effect.__dict__,
+            "control_mean": self.control_mean,
+            "n_obs": self.n_obs,
+            "n_users": self.n_users,
+            "sample_ratio": {**self.srm.__dict__, "mismatch": self.srm.mismatch},
+            "cuped_variance_reduction": self.variance_reduction,
+            "by_segment": self.by_segment.to_dicts(),
+            "confidence": self.confidence,
+            "assumptions": list(self.assumptions),
+            "warnings": list(self.warnings),
+        }
 
     def to_frame(self) -> pl.DataFrame:
         """The overall effect (absolute and relative) as rows."""
@@ -144,7 +163,7 @@ def compare_concurrent(
     ``segments`` enter as fixed effects and get their own effects with Benjamini-Hochberg and
     Holm adjustment across them; ``cuped`` names pre-period covariates (each user's own earlier
     value of the metric); ``expected_share`` is the intended treatment share of users for the
-    sample-ratio check (default: the observed share, which tests nothing).
+    sample-ratio check (without it the check is skipped, with a warning).
     """
     needed = [outcome, treated, user, *segments, *cuped, *([hour_of_week] if hour_of_week else [])]
     missing = [c for c in needed if c not in frame.columns]

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 
-from analysis.errors import UnknownMetricError
+import polars as pl
 
-__all__ = ["METRICS", "Direction", "Metric", "Unit", "get_metric"]
+from analysis.errors import AnalysisError, UnknownMetricError
+
+__all__ = ["METRICS", "Direction", "Metric", "Unit", "get_metric", "response_outcome"]
 
 
 class Unit(StrEnum):
@@ -158,3 +160,28 @@ def get_metric(name: str) -> Metric:
         raise UnknownMetricError(
             f"unknown metric {name!r}: choose from {', '.join(sorted(METRICS))}"
         ) from None
+
+
+# Response-level columns (of the warehouse's ``response_outcomes``) behind each count.
+_RESPONSE_COUNTS = {
+    "ratings": "ratings",
+    "thumbs_down": "thumbs_down",
+    "retries": "retries",
+    "refusals": "refused",
+}
+
+
+def response_outcome(metric: Metric, responses: pl.DataFrame) -> pl.DataFrame:
+    """``responses`` (one row per response) with an ``outcome`` column whose mean over the
+    returned rows is the metric: the numerator per response, over the responses that count in
+    the denominator (for ``thumbs_down_rate``, the rated ones)."""
+    if metric.unit is not Unit.RESPONSE or metric.numerator not in _RESPONSE_COUNTS:
+        raise AnalysisError(
+            f"{metric.name} is measured per {metric.unit.value}; per-response attribution "
+            "covers thumbs_down_rate, rating_rate, retry_rate and refusal_rate"
+        )
+    num = pl.col(_RESPONSE_COUNTS[metric.numerator]).cast(pl.Float64)
+    if metric.denominator == "responses":
+        return responses.with_columns(num.alias("outcome"))
+    den = pl.col(_RESPONSE_COUNTS[metric.denominator]).cast(pl.Float64)
+    return responses.filter(den > 0).with_columns((num / den).alias("outcome"))

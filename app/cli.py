@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+import analysis
 import warehouse
 from ingest import (
     EventSink,
@@ -299,6 +300,81 @@ def warehouse_stats(url: WarehouseUrl = None) -> None:
         _print_frame(
             _daily_table(warehouse.daily_summary(wh)), "daily summary (from the hourly rollup)"
         )
+
+
+@app.command()
+def attribute(
+    metric: Annotated[str, typer.Option(help="A registered metric, e.g. thumbs_down_rate.")],
+    model_version: Annotated[str, typer.Option(help="The candidate model version.")],
+    baseline: Annotated[str, typer.Option(help="The model version it is compared with.")],
+    since: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="First day.")],
+    until: Annotated[
+        dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Day after the last one.")
+    ],
+    segment: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Segment column for per-segment effects (repeatable): locale, "
+            "platform, intent, cohort."
+        ),
+    ] = None,
+    expected_share: Annotated[
+        float | None,
+        typer.Option(help="Intended share of users on the candidate, for the sample-ratio check."),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="text, markdown, html or json.")] = "text",
+    url: WarehouseUrl = None,
+) -> None:
+    """How much of a metric's difference is the model: candidate vs baseline served at once.
+
+    Compares responses of both versions in the same hours (a staged rollout or an A/B test),
+    with hour-of-week x segment fixed effects, standard errors clustered by user, a
+    sample-ratio check, and per-segment effects with Benjamini-Hochberg / Holm adjustment.
+
+    [bold]Example[/]
+
+      telltale attribute --metric thumbs_down_rate \\
+        --model-version assistant-2026-09 --baseline assistant-2026-08 \\
+        --since 2026-09-08 --until 2026-09-15 --segment locale --expected-share 0.05
+    """
+    if fmt not in ("text", "markdown", "html", "json"):
+        raise _fail(f"--format must be text, markdown, html or json, not {fmt!r}")
+    segments = list(segment or [])
+    bad = [s for s in segments if s not in ("locale", "platform", "intent", "cohort")]
+    if bad:
+        raise _fail(f"unknown segment {bad}: choose from locale, platform, intent, cohort")
+    try:
+        m = analysis.get_metric(metric)
+        with _open(url) as wh:
+            responses = warehouse.response_outcomes(
+                wh, since=since, until=until, model_versions=[model_version, baseline]
+            )
+        frame = analysis.response_outcome(m, responses).with_columns(
+            (pl.col("model_version") == model_version).alias("treated")
+        )
+        arms = frame["treated"].value_counts()
+        if arms.height < 2:
+            raise analysis.InsufficientDataError(
+                f"{model_version} and {baseline} did not both serve between {since:%Y-%m-%d} "
+                f"and {until:%Y-%m-%d}: a concurrent comparison needs traffic on both"
+            )
+        result = analysis.compare_concurrent(
+            frame,
+            outcome="outcome",
+            treated="treated",
+            user="user_id",
+            segments=segments,
+            expected_share=expected_share,
+            metric=m.name,
+        )
+    except (analysis.AnalysisError, warehouse.WarehouseError) as e:
+        raise _fail(str(e)) from None
+    if fmt == "json":
+        out.print_json(data=result.to_dict())
+    else:
+        out.print(result.summary(fmt), markup=False, highlight=False, soft_wrap=True)
+        if fmt == "text" and result.by_segment.height:
+            _print_frame(result.by_segment, "effects by segment (p adjusted: BH, Holm)")
 
 
 @app.command()

@@ -37,6 +37,25 @@ def test_demo_runs_end_to_end_and_is_idempotent(tmp_path):
         assert dict(warehouse.event_counts(wh).iter_rows()) == counts
 
 
+def test_attribute_reads_the_warehouse_and_reports(tmp_path):
+    assert telltale("demo", "--days", "2", cwd=tmp_path).returncode == 0
+    args = [
+        "attribute", "--model-version", "assistant-2026-09", "--baseline", "assistant-2026-08",
+        "--since", "2026-09-08", "--until", "2026-09-10", "--expected-share", "0.05",
+    ]  # fmt: skip
+    res = telltale(*args, "--metric", "thumbs_down_rate", "--format", "json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(res.stdout)
+    assert report["metric"] == "thumbs_down_rate"
+    assert report["effect"]["ci_low"] < report["effect"]["value"] < report["effect"]["ci_high"]
+    assert report["sample_ratio"]["mismatch"] is False  # the simulator assigns 5% by user hash
+    text = telltale(*args, "--metric", "retry_rate", "--segment", "locale", cwd=tmp_path)
+    assert text.returncode == 0 and "effects by segment" in text.stdout
+    unsupported = telltale(*args, "--metric", "session_turns", cwd=tmp_path)
+    assert unsupported.returncode == 1 and "per session" in unsupported.stderr
+    assert "Traceback" not in unsupported.stderr
+
+
 def test_simulate_then_backfill_a_directory(tmp_path):
     out = tmp_path / "sim"
     sim = telltale("simulate", "--days", "1", "--out", str(out), cwd=tmp_path)

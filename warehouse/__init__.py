@@ -19,6 +19,7 @@ from warehouse.queries import (
     pending_flight,
     rebuild_rollups,
     record_ingest_intents,
+    response_outcomes,
 )
 from warehouse.schema import render_ddl
 
@@ -44,4 +45,5 @@ __all__ = [
     "rebuild_rollups",
     "record_ingest_intents",
     "render_ddl",
+    "response_outcomes",
 ]

@@ -27,6 +27,7 @@ __all__ = [
     "pending_flight",
     "rebuild_rollups",
     "record_ingest_intents",
+    "response_outcomes",
 ]
 
 EVENT_TABLES = ("responses", "feedback", "retries", "sessions")
@@ -91,6 +92,44 @@ def rebuild_rollups(wh: Warehouse) -> None:
         # INSERT ... SELECT matches columns by position, views by name: name them.
         columns = wh.query_frame(f"DESCRIBE ({select})")["name"].to_list()
         wh.command(f"INSERT INTO {db}.{rollup} ({', '.join(columns)}) {select}")
+
+
+def response_outcomes(
+    wh: Warehouse,
+    *,
+    since: dt.datetime,
+    until: dt.datetime,
+    model_versions: Sequence[str],
+) -> pl.DataFrame:
+    """One row per response in ``[since, until)`` of the given versions, with what followed it:
+    ratings, thumbs down and retries it received (counted whenever they arrived), and the
+    segment columns. The unit for response-level metrics and concurrent comparisons."""
+    db = wh.database
+    return wh.query_frame(
+        f"""
+        SELECT r.user_id AS user_id, r.request_id AS request_id, r.ts AS ts,
+            (toDayOfWeek(r.ts) - 1) * 24 + toHour(r.ts) AS hour_of_week,
+            r.model_version AS model_version, r.variant AS variant, r.locale AS locale,
+            r.platform AS platform, r.intent AS intent, r.cohort AS cohort,
+            toUInt8(r.refused) AS refused, r.completion_tokens AS completion_tokens,
+            r.latency_ms AS latency_ms,
+            f.ratings AS ratings, f.thumbs_down AS thumbs_down, t.retries AS retries
+        FROM (
+            SELECT * FROM {db}.responses FINAL
+            WHERE ts >= {{since:DateTime64(3)}} AND ts < {{until:DateTime64(3)}}
+                AND model_version IN {{versions:Array(String)}}
+        ) AS r
+        LEFT JOIN (
+            SELECT request_id, count() AS ratings, countIf(rating < 0) AS thumbs_down
+            FROM {db}.feedback FINAL WHERE ts >= {{since:DateTime64(3)}} GROUP BY request_id
+        ) AS f ON f.request_id = r.request_id
+        LEFT JOIN (
+            SELECT request_id, count() AS retries FROM {db}.retries FINAL
+            WHERE ts >= {{since:DateTime64(3)}} GROUP BY request_id
+        ) AS t ON t.request_id = r.request_id
+        """,
+        parameters={"since": since, "until": until, "versions": list(model_versions)},
+    )
 
 
 def event_counts(wh: Warehouse) -> pl.DataFrame:
