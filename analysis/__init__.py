@@ -5,12 +5,13 @@ Storage-agnostic: functions take and return polars frames or numpy arrays.
 
 from analysis.concurrent import ConcurrentComparison, SampleRatioCheck, compare_concurrent
 from analysis.errors import AnalysisError, InsufficientDataError, UnknownMetricError
-from analysis.metrics import METRICS, Direction, Metric, Unit, get_metric, response_outcome
+from analysis.metrics import METRICS, Direction, Metric, Unit, get_metric, metric_outcome
 from analysis.oaxaca import CovariateShift, decompose_covariate_shift
 from analysis.population import PopulationShift, decompose_population_shift
 from analysis.regression import RegressionResult, fit_clustered_ols
 from analysis.results import Estimate
 from analysis.switchover import SwitchoverEffect, estimate_switchover
+from analysis.verbosity import VerbosityCheck, check_verbosity
 
 __all__ = [
     "METRICS",
@@ -27,11 +28,13 @@ __all__ = [
     "SwitchoverEffect",
     "Unit",
     "UnknownMetricError",
+    "VerbosityCheck",
+    "check_verbosity",
     "compare_concurrent",
     "decompose_covariate_shift",
     "decompose_population_shift",
     "estimate_switchover",
     "fit_clustered_ols",
     "get_metric",
-    "response_outcome",
+    "metric_outcome",
 ]

@@ -23,7 +23,14 @@ from statsmodels.stats.multitest import multipletests
 from analysis.errors import InsufficientDataError
 from analysis.results import Estimate, render_summary
 
-__all__ = ["ConcurrentComparison", "SampleRatioCheck", "compare_concurrent"]
+__all__ = [
+    "ConcurrentComparison",
+    "SampleRatioCheck",
+    "absorb_and_fit",
+    "cell_keys",
+    "check_sample_ratio",
+    "compare_concurrent",
+]
 
 SRM_ALPHA = 0.001
 """Sample-ratio mismatch is flagged below this p-value (strict: the test runs on every look)."""
@@ -108,7 +115,7 @@ def _demean(values: np.ndarray, cells: np.ndarray, n_cells: int) -> np.ndarray:
     return out
 
 
-def _clustered_fit(
+def absorb_and_fit(
     y: np.ndarray, x: np.ndarray, cells: np.ndarray, users: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Coefficients and clustered covariance of y on x with cell fixed effects absorbed."""
@@ -129,6 +136,15 @@ def _clustered_fit(
     correction = n_users / (n_users - 1) * (n - 1) / (n - k)
     cov = correction * bread @ (scores.T @ scores) @ bread
     return beta, cov, n_users
+
+
+def cell_keys(data: pl.DataFrame, *groups: Sequence[str]) -> np.ndarray:
+    """One key per row for the fixed-effect cell (the combination of the given columns)."""
+    columns = [c for g in groups for c in g]
+    if not columns:
+        return np.zeros(data.height, dtype=np.int64)
+    key = pl.concat_str([pl.col(c).cast(pl.String) for c in columns], separator="|")
+    return data.select(key).to_series().to_numpy()
 
 
 def check_sample_ratio(
@@ -173,19 +189,12 @@ def compare_concurrent(
     y = data[outcome].cast(pl.Float64).to_numpy()
     d = data[treated].cast(pl.Float64).to_numpy()
     users = data[user].cast(pl.String).to_numpy()
-    cell_cols = [c for c in ([hour_of_week] if hour_of_week else []) + list(segments)]
-    cells = (
-        data.select(pl.concat_str([pl.col(c).cast(pl.String) for c in cell_cols], separator="|"))
-        .to_series()
-        .to_numpy()
-        if cell_cols
-        else np.zeros(len(y), dtype=np.int64)
-    )
+    cells = cell_keys(data, [hour_of_week] if hour_of_week else [], segments)
     z = float(stats.norm.ppf(0.5 + confidence / 2))
     warnings: list[str] = []
 
     x = np.column_stack([d, *(data[c].cast(pl.Float64).to_numpy() for c in cuped)])
-    beta, cov, n_users = _clustered_fit(y, x, cells, users)
+    beta, cov, n_users = absorb_and_fit(y, x, cells, users)
     df = n_users - 1
     t_crit = float(stats.t.ppf(0.5 + confidence / 2, df))
     se = float(np.sqrt(cov[0, 0]))
@@ -199,7 +208,7 @@ def compare_concurrent(
     )
     variance_reduction = 0.0
     if cuped:
-        _, plain_cov, _ = _clustered_fit(y, d[:, None], cells, users)
+        _, plain_cov, _ = absorb_and_fit(y, d[:, None], cells, users)
         variance_reduction = float(1 - cov[0, 0] / plain_cov[0, 0])
 
     control_mean = float(y[d == 0].mean())
@@ -232,7 +241,7 @@ def compare_concurrent(
             mask = (data[seg] == value).to_numpy()
             if len(np.unique(d[mask])) < 2 or len(np.unique(users[mask])) < 10:
                 continue
-            b, c, g = _clustered_fit(y[mask], x[mask], cells[mask], users[mask])
+            b, c, g = absorb_and_fit(y[mask], x[mask], cells[mask], users[mask])
             s = float(np.sqrt(c[0, 0]))
             rows.append(
                 (seg, str(value), float(b[0]), s, float(2 * stats.t.sf(abs(b[0] / s), g - 1)))

@@ -17,7 +17,7 @@ import polars as pl
 
 from analysis.errors import AnalysisError, UnknownMetricError
 
-__all__ = ["METRICS", "Direction", "Metric", "Unit", "get_metric", "response_outcome"]
+__all__ = ["METRICS", "Direction", "Metric", "Unit", "get_metric", "metric_outcome"]
 
 
 class Unit(StrEnum):
@@ -162,26 +162,47 @@ def get_metric(name: str) -> Metric:
         ) from None
 
 
-# Response-level columns (of the warehouse's ``response_outcomes``) behind each count.
-_RESPONSE_COUNTS = {
-    "ratings": "ratings",
-    "thumbs_down": "thumbs_down",
-    "retries": "retries",
-    "refusals": "refused",
+# The per-unit columns behind each count: the warehouse's ``response_outcomes`` and
+# ``session_outcomes`` frames.
+_UNIT_COLUMNS = {
+    Unit.RESPONSE: {
+        "ratings": "ratings",
+        "thumbs_down": "thumbs_down",
+        "retries": "retries",
+        "refusals": "refused",
+        "responses": None,
+    },
+    Unit.SESSION: {
+        "turns": "turns",
+        "seconds": "seconds",
+        "completed": "completed",
+        "completion_known": "known",
+        "sessions": None,
+    },
 }
 
 
-def response_outcome(metric: Metric, responses: pl.DataFrame) -> pl.DataFrame:
-    """``responses`` (one row per response) with an ``outcome`` column whose mean over the
-    returned rows is the metric: the numerator per response, over the responses that count in
-    the denominator (for ``thumbs_down_rate``, the rated ones)."""
-    if metric.unit is not Unit.RESPONSE or metric.numerator not in _RESPONSE_COUNTS:
+def metric_outcome(metric: Metric, units: pl.DataFrame) -> pl.DataFrame:
+    """``units`` (one row per response, or per session) with an ``outcome`` column whose mean
+    over the returned rows is the metric: the numerator per unit, over the units that count in
+    the denominator (for ``thumbs_down_rate``, the rated responses)."""
+    columns = _UNIT_COLUMNS.get(metric.unit, {})
+    if metric.numerator not in columns or metric.denominator not in columns:
         raise AnalysisError(
-            f"{metric.name} is measured per {metric.unit.value}; per-response attribution "
-            "covers thumbs_down_rate, rating_rate, retry_rate and refusal_rate"
+            f"{metric.name} is measured per {metric.unit.value}; unit-level attribution covers "
+            f"the response and session metrics: {', '.join(_unit_metrics())}"
         )
-    num = pl.col(_RESPONSE_COUNTS[metric.numerator]).cast(pl.Float64)
-    if metric.denominator == "responses":
-        return responses.with_columns(num.alias("outcome"))
-    den = pl.col(_RESPONSE_COUNTS[metric.denominator]).cast(pl.Float64)
-    return responses.filter(den > 0).with_columns((num / den).alias("outcome"))
+    num = pl.col(columns[metric.numerator]).cast(pl.Float64)  # type: ignore[arg-type]
+    den_col = columns[metric.denominator]
+    if den_col is None:
+        return units.with_columns(num.alias("outcome"))
+    den = pl.col(den_col).cast(pl.Float64)
+    return units.filter(den > 0).with_columns((num / den).alias("outcome"))
+
+
+def _unit_metrics() -> list[str]:
+    return [
+        m.name
+        for m in METRICS.values()
+        if {m.numerator, m.denominator} <= set(_UNIT_COLUMNS.get(m.unit, {}))
+    ]

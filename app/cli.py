@@ -327,9 +327,10 @@ def attribute(
 ) -> None:
     """How much of a metric's difference is the model: candidate vs baseline served at once.
 
-    Compares responses of both versions in the same hours (a staged rollout or an A/B test),
-    with hour-of-week x segment fixed effects, standard errors clustered by user, a
-    sample-ratio check, and per-segment effects with Benjamini-Hochberg / Holm adjustment.
+    Compares responses (or sessions) of both versions in the same hours (a staged rollout or an
+    A/B test), with hour-of-week x segment fixed effects, standard errors clustered by user, a
+    sample-ratio check, and per-segment effects with Benjamini-Hochberg / Holm adjustment. For
+    session length and turns, a verbosity check says how much of the effect is longer answers.
 
     [bold]Example[/]
 
@@ -345,15 +346,20 @@ def attribute(
         raise _fail(f"unknown segment {bad}: choose from locale, platform, intent, cohort")
     try:
         m = analysis.get_metric(metric)
+        versions = [model_version, baseline]
         with _open(url) as wh:
-            responses = warehouse.response_outcomes(
-                wh, since=since, until=until, model_versions=[model_version, baseline]
-            )
-        frame = analysis.response_outcome(m, responses).with_columns(
+            if m.unit is analysis.Unit.SESSION:
+                units = warehouse.session_outcomes(
+                    wh, since=since, until=until, model_versions=versions
+                )
+            else:
+                units = warehouse.response_outcomes(
+                    wh, since=since, until=until, model_versions=versions
+                )
+        frame = analysis.metric_outcome(m, units).with_columns(
             (pl.col("model_version") == model_version).alias("treated")
         )
-        arms = frame["treated"].value_counts()
-        if arms.height < 2:
+        if frame["treated"].n_unique() < 2:
             raise analysis.InsufficientDataError(
                 f"{model_version} and {baseline} did not both serve between {since:%Y-%m-%d} "
                 f"and {until:%Y-%m-%d}: a concurrent comparison needs traffic on both"
@@ -367,12 +373,29 @@ def attribute(
             expected_share=expected_share,
             metric=m.name,
         )
+        # Longer sessions may only mean longer answers: say how much goes through length.
+        verbosity = (
+            analysis.check_verbosity(
+                frame, outcome="outcome", treated="treated", user="user_id", metric=m.name
+            )
+            if m.name in ("session_turns", "session_seconds")
+            else None
+        )
     except (analysis.AnalysisError, warehouse.WarehouseError) as e:
         raise _fail(str(e)) from None
     if fmt == "json":
-        out.print_json(data=result.to_dict())
+        report = result.to_dict()
+        if verbosity is not None:
+            report["verbosity"] = {
+                "mediated_share": verbosity.mediated_share,
+                "carried_by_length": verbosity.carried_by_length,
+                "effects": verbosity.to_frame().to_dicts(),
+            }
+        out.print_json(data=report)
     else:
         out.print(result.summary(fmt), markup=False, highlight=False, soft_wrap=True)
+        if verbosity is not None:
+            out.print(verbosity.summary(fmt), markup=False, highlight=False, soft_wrap=True)
         if fmt == "text" and result.by_segment.height:
             _print_frame(result.by_segment, "effects by segment (p adjusted: BH, Holm)")
 

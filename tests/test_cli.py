@@ -51,8 +51,11 @@ def test_attribute_reads_the_warehouse_and_reports(tmp_path):
     assert report["sample_ratio"]["mismatch"] is False  # the simulator assigns 5% by user hash
     text = telltale(*args, "--metric", "retry_rate", "--segment", "locale", cwd=tmp_path)
     assert text.returncode == 0 and "effects by segment" in text.stdout
-    unsupported = telltale(*args, "--metric", "session_turns", cwd=tmp_path)
-    assert unsupported.returncode == 1 and "per session" in unsupported.stderr
+    sessions = telltale(*args, "--metric", "session_seconds", cwd=tmp_path)
+    assert sessions.returncode == 0, sessions.stderr[-3000:]
+    assert "verbosity check on session_seconds" in sessions.stdout
+    unsupported = telltale(*args, "--metric", "retention_d7", cwd=tmp_path)
+    assert unsupported.returncode == 1 and "per user" in unsupported.stderr
     assert "Traceback" not in unsupported.stderr
 
 

@@ -20,6 +20,7 @@ from warehouse.queries import (
     rebuild_rollups,
     record_ingest_intents,
     response_outcomes,
+    session_outcomes,
 )
 from warehouse.schema import render_ddl
 
@@ -46,4 +47,5 @@ __all__ = [
     "record_ingest_intents",
     "render_ddl",
     "response_outcomes",
+    "session_outcomes",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "rebuild_rollups",
     "record_ingest_intents",
     "response_outcomes",
+    "session_outcomes",
 ]
 
 EVENT_TABLES = ("responses", "feedback", "retries", "sessions")
@@ -127,6 +128,46 @@ def response_outcomes(
             SELECT request_id, count() AS retries FROM {db}.retries FINAL
             WHERE ts >= {{since:DateTime64(3)}} GROUP BY request_id
         ) AS t ON t.request_id = r.request_id
+        """,
+        parameters={"since": since, "until": until, "versions": list(model_versions)},
+    )
+
+
+def session_outcomes(
+    wh: Warehouse,
+    *,
+    since: dt.datetime,
+    until: dt.datetime,
+    model_versions: Sequence[str],
+) -> pl.DataFrame:
+    """One row per session ended in ``[since, until)`` whose responses came from one of the given
+    versions: turns, seconds, task completion, and the mean length of its responses (for the
+    verbosity check). Sessions that mixed versions take their first response's version."""
+    db = wh.database
+    return wh.query_frame(
+        f"""
+        SELECT s.session_id AS session_id, s.user_id AS user_id, s.ts AS ts,
+            (toDayOfWeek(s.ts) - 1) * 24 + toHour(s.ts) AS hour_of_week,
+            r.model_version AS model_version, r.locale AS locale, r.platform AS platform,
+            r.cohort AS cohort, toFloat64(ifNull(s.turns, 0)) AS turns,
+            ifNull(s.seconds, 0) AS seconds, toUInt8(s.task_completed IS NOT NULL) AS known,
+            toUInt8(ifNull(s.task_completed, false)) AS completed,
+            r.mean_completion_tokens AS mean_completion_tokens
+        FROM (
+            SELECT * FROM {db}.sessions FINAL
+            WHERE type = 'session_end' AND ts >= {{since:DateTime64(3)}}
+                AND ts < {{until:DateTime64(3)}}
+        ) AS s
+        INNER JOIN (
+            SELECT session_id, argMin(model_version, ts) AS model_version,
+                argMin(locale, ts) AS locale, argMin(platform, ts) AS platform,
+                argMin(cohort, ts) AS cohort,
+                avg(completion_tokens) AS mean_completion_tokens
+            FROM {db}.responses FINAL
+            WHERE ts >= {{since:DateTime64(3)}} - INTERVAL 1 DAY AND ts < {{until:DateTime64(3)}}
+            GROUP BY session_id
+        ) AS r ON r.session_id = s.session_id
+        WHERE r.model_version IN {{versions:Array(String)}}
         """,
         parameters={"since": since, "until": until, "versions": list(model_versions)},
     )
