@@ -10,6 +10,7 @@ from analysis.oaxaca import CovariateShift, decompose_covariate_shift
 from analysis.population import PopulationShift, decompose_population_shift
 from analysis.regression import RegressionResult, fit_clustered_ols
 from analysis.results import Estimate
+from analysis.retention import RetentionComparison, compare_retention, survivorship_warning
 from analysis.switchover import SwitchoverEffect, estimate_switchover
 from analysis.verbosity import VerbosityCheck, check_verbosity
 
@@ -24,6 +25,7 @@ __all__ = [
     "Metric",
     "PopulationShift",
     "RegressionResult",
+    "RetentionComparison",
     "SampleRatioCheck",
     "SwitchoverEffect",
     "Unit",
@@ -31,10 +33,12 @@ __all__ = [
     "VerbosityCheck",
     "check_verbosity",
     "compare_concurrent",
+    "compare_retention",
     "decompose_covariate_shift",
     "decompose_population_shift",
     "estimate_switchover",
     "fit_clustered_ols",
     "get_metric",
     "metric_outcome",
+    "survivorship_warning",
 ]
