@@ -264,7 +264,7 @@ class KafkaIngest:
             ):
                 self._rotate()
             if self.metrics.log_due():
-                self.metrics.maybe_log(lag=self._lag())
+                self.metrics.log_status(lag=self._lag())
         self._rotate(wait=True)
 
     def _add(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:

@@ -91,12 +91,13 @@ class IngestMetrics:
         """Whether ``log_every`` seconds passed since the last status line."""
         return time.monotonic() - self._window_start >= self._log_every
 
-    def maybe_log(self, *, lag: Mapping[tuple[str, int], int] | None = None) -> None:
-        """Log a one-line status if ``log_every`` seconds passed since the last one."""
+    def log_status(self, *, lag: Mapping[tuple[str, int], int] | None = None) -> None:
+        """Log the one-line status of the window since the last one, and start a new window.
+
+        Callers check :meth:`log_due` first: the lag they pass costs a little to compute.
+        """
         now = time.monotonic()
         elapsed = now - self._window_start
-        if elapsed < self._log_every:
-            return
         batches = sorted(self._window_batch_s)
         p50 = batches[len(batches) // 2] * 1000 if batches else 0.0
         total_lag = sum(lag.values()) if lag else 0

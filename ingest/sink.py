@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,11 +126,6 @@ class Batch:
         """A deterministic name for this batch: the same records always give the same token."""
         spec = ",".join(f"{s}:{p}:{lo}-{hi}" for (s, p), (lo, hi) in sorted(self.ranges.items()))
         return hashlib.sha256(spec.encode()).hexdigest()[:32]
-
-    @property
-    def events(self) -> int:
-        """Valid, distinct events in the batch."""
-        return sum(len(r) for r in self.rows.values())
 
 
 def _with_extra(event: Event, extra: str) -> bytes:
@@ -265,13 +260,6 @@ class EventSink:
     def __init__(self, warehouse: Warehouse, decoder: EventDecoder | None = None) -> None:
         self.warehouse = warehouse
         self.decoder = decoder or EventDecoder()
-
-    def decode_into(self, batch: Batch, records: Iterable[tuple[Position, bytes | None]]) -> None:
-        """Decode raw messages (any sources, any order) into ``batch``; nothing raises."""
-        for position, raw in records:
-            batch.extend(
-                position.source, position.partition, [(position.offset, raw)], self.decoder
-            )
 
     def flush(self, batch: Batch) -> FlushResult:
         """Insert the batch. On :class:`warehouse.WarehouseError` it may be retried as is."""

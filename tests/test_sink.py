@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import warehouse
-from ingest import Batch, EventSink, Position, backfill
+from ingest import Batch, EventSink, backfill
 
 from events_factory import encode, feedback, response, retry, session_end
 
@@ -24,7 +24,7 @@ def _counts(wh) -> dict[str, int]:
 
 def _flush(sink, records, source="t"):
     batch = Batch()
-    sink.decode_into(batch, [(Position(source, 0, i), raw) for i, raw in records])
+    batch.extend(source, 0, records, sink.decoder)
     return sink.flush(batch)
 
 

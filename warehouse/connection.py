@@ -59,10 +59,9 @@ class Warehouse:
     until closed, and one process can hold only one embedded directory at a time.
     """
 
-    def __init__(self, client: Any, settings: WarehouseSettings, *, embedded: bool) -> None:
+    def __init__(self, client: Any, settings: WarehouseSettings) -> None:
         self._client = client
         self.settings = settings
-        self.embedded = embedded
         # clickhouse-connect clients are not safe for concurrent queries from several threads.
         self._lock = threading.Lock()
 
@@ -166,7 +165,7 @@ def connect(url: str | None = None, *, settings: WarehouseSettings | None = None
             path.mkdir(parents=True, exist_ok=True)
             _check_not_busy(path)
             client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
-            return Warehouse(client, settings, embedded=True)
+            return Warehouse(client, settings)
         if parts.scheme in ("http", "https"):
             client = clickhouse_connect.get_client(
                 host=parts.hostname,
@@ -176,7 +175,7 @@ def connect(url: str | None = None, *, settings: WarehouseSettings | None = None
                 password=parts.password or settings.password.get_secret_value(),
                 database=settings.database,
             )
-            return Warehouse(client, settings, embedded=False)
+            return Warehouse(client, settings)
     except WarehouseError:
         raise
     except Exception as e:
