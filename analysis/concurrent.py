@@ -21,7 +21,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from analysis.errors import InsufficientDataError
-from analysis.results import Estimate, render_summary
+from analysis.results import Estimate, complete_rows, render_summary
 
 __all__ = [
     "ConcurrentComparison",
@@ -181,11 +181,10 @@ def compare_concurrent(
     value of the metric); ``expected_share`` is the intended treatment share of users for the
     sample-ratio check (without it the check is skipped, with a warning).
     """
-    needed = [outcome, treated, user, *segments, *cuped, *([hour_of_week] if hour_of_week else [])]
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise InsufficientDataError(f"columns not in the frame: {missing}")
-    data = frame.select(needed).drop_nulls()
+    data = complete_rows(
+        frame,
+        [outcome, treated, user, *segments, *cuped, *([hour_of_week] if hour_of_week else [])],
+    )
     y = data[outcome].cast(pl.Float64).to_numpy()
     d = data[treated].cast(pl.Float64).to_numpy()
     users = data[user].cast(pl.String).to_numpy()
@@ -195,16 +194,9 @@ def compare_concurrent(
 
     x = np.column_stack([d, *(data[c].cast(pl.Float64).to_numpy() for c in cuped)])
     beta, cov, n_users = absorb_and_fit(y, x, cells, users)
-    df = n_users - 1
-    t_crit = float(stats.t.ppf(0.5 + confidence / 2, df))
     se = float(np.sqrt(cov[0, 0]))
-    effect = Estimate(
-        "effect (treatment - control)",
-        float(beta[0]),
-        se,
-        float(beta[0] - t_crit * se),
-        float(beta[0] + t_crit * se),
-        float(2 * stats.t.sf(abs(beta[0] / se), df)),
+    effect = Estimate.from_se(
+        "effect (treatment - control)", float(beta[0]), se, confidence=confidence, df=n_users - 1
     )
     variance_reduction = 0.0
     if cuped:

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from scipy import stats
 from statsmodels.stats.oaxaca import OaxacaBlinder
 
 from analysis.errors import InsufficientDataError
-from analysis.results import Estimate, render_summary
+from analysis.results import Estimate, complete_rows, render_summary
 
 __all__ = ["CovariateShift", "decompose_covariate_shift"]
 
@@ -82,11 +81,7 @@ def decompose_covariate_shift(
 ) -> CovariateShift:
     """Split ``mean(outcome | after) - mean(outcome | before)`` over ``covariates``; ``window``
     is false/0 for before and true/1 for after."""
-    needed = [outcome, *covariates, window]
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise InsufficientDataError(f"columns not in the frame: {missing}")
-    data = frame.select(needed).drop_nulls()
+    data = complete_rows(frame, [outcome, *covariates, window])
     after = data[window].cast(pl.Int8).to_numpy()
     n_after, n_before = int((after == 1).sum()), int((after == 0).sum())
     if min(n_after, n_before) <= len(covariates) + 1:
@@ -106,11 +101,9 @@ def decompose_covariate_shift(
     )
     three = model.three_fold(std=True, n=n_boot)
     two = model.two_fold(std=True, two_fold_type="pooled", n=n_boot)
-    z = float(stats.norm.ppf(0.5 + confidence / 2))
 
     def estimate(term: str, value: float, se: float) -> Estimate:
-        p = float(2 * stats.norm.sf(abs(value) / se)) if se > 0 else float("nan")
-        return Estimate(term, float(value), float(se), value - z * se, value + z * se, p)
+        return Estimate.from_se(term, float(value), float(se), confidence=confidence)
 
     endow, coef, inter, gap = three.params
     endow_se, coef_se, inter_se = three.std

@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from analysis.errors import InsufficientDataError
-from analysis.results import Estimate, render_summary
+from analysis.results import Estimate, complete_rows, render_summary
 
 __all__ = ["PopulationShift", "decompose_population_shift"]
 
@@ -100,11 +100,7 @@ def decompose_population_shift(
     ``window`` (false/0 = before, true/1 = after) into composition and rate parts over
     ``segments``. Rows are units (or unit-segment aggregates) belonging to ``cluster``.
     """
-    needed = [window, *segments, numerator, denominator, cluster]
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise InsufficientDataError(f"columns not in the frame: {missing}")
-    data = frame.select(needed).drop_nulls()
+    data = complete_rows(frame, [window, *segments, numerator, denominator, cluster])
     after = data[window].cast(pl.Int8).to_numpy().astype(np.intp)
     if set(np.unique(after)) != {0, 1}:
         raise InsufficientDataError(f"{window} must have both a before (0) and an after (1) value")

@@ -15,7 +15,7 @@ import polars as pl
 import statsmodels.api as sm
 
 from analysis.errors import InsufficientDataError
-from analysis.results import Estimate, render_summary
+from analysis.results import Estimate, complete_rows, render_summary
 
 __all__ = ["RegressionResult", "fit_clustered_ols"]
 
@@ -69,11 +69,7 @@ def fit_clustered_ols(
 
     Rows with a missing value in any used column are dropped (and counted in the warnings).
     """
-    used = [outcome, *regressors, cluster]
-    missing = [c for c in used if c not in frame.columns]
-    if missing:
-        raise InsufficientDataError(f"columns not in the frame: {missing}")
-    clean = frame.select(used).drop_nulls()
+    clean = complete_rows(frame, [outcome, *regressors, cluster])
     warnings = []
     if clean.height < frame.height:
         warnings.append(f"{frame.height - clean.height} rows with missing values were dropped")

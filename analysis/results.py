@@ -1,11 +1,32 @@
-"""What every analysis result shares: estimates with intervals, and one way to print them."""
+"""What every analysis method shares: its input check, estimates with intervals, and one way to
+print them."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Self
 
-__all__ = ["Estimate", "render_summary"]
+import polars as pl
+from scipy import stats
+
+from analysis.errors import InsufficientDataError
+
+__all__ = ["Estimate", "complete_rows", "render_summary", "require_columns"]
+
+
+def require_columns(frame: pl.DataFrame, columns: Sequence[str]) -> None:
+    """Fail with the missing names if ``frame`` lacks any of ``columns``."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise InsufficientDataError(f"columns not in the frame: {missing}")
+
+
+def complete_rows(frame: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame:
+    """The given columns of ``frame``, without rows missing any of them."""
+    wanted = list(dict.fromkeys(columns))
+    require_columns(frame, wanted)
+    return frame.select(wanted).drop_nulls()
 
 
 @dataclass(frozen=True)
@@ -18,6 +39,17 @@ class Estimate:
     ci_low: float
     ci_high: float
     p_value: float
+
+    @classmethod
+    def from_se(
+        cls, term: str, value: float, se: float, *, confidence: float, df: int | None = None
+    ) -> Self:
+        """A symmetric interval and two-sided p-value: Student's t on ``df`` degrees of freedom,
+        or the normal when ``df`` is None. The p-value is NaN when ``se`` is not positive."""
+        dist = stats.t(df) if df is not None else stats.norm()
+        crit = float(dist.ppf(0.5 + confidence / 2))
+        p = float(2 * dist.sf(abs(value / se))) if se > 0 else float("nan")
+        return cls(term, float(value), float(se), value - crit * se, value + crit * se, p)
 
 
 def render_summary(

@@ -21,7 +21,7 @@ from scipy import stats
 from statsmodels.duration.survfunc import SurvfuncRight, survdiff
 
 from analysis.errors import InsufficientDataError
-from analysis.results import Estimate, render_summary
+from analysis.results import Estimate, complete_rows, render_summary
 
 __all__ = ["RetentionComparison", "compare_retention", "survivorship_warning"]
 
@@ -74,11 +74,7 @@ def compare_retention(
     time from the origin at which observation began (0 or absent for users first seen inside
     the window); ``churned``: 1 if the user churned, 0 if still active at the end.
     """
-    needed = [duration, churned, treated, *([entry] if entry else [])]
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise InsufficientDataError(f"columns not in the frame: {missing}")
-    data = frame.select(needed).drop_nulls()
+    data = complete_rows(frame, [duration, churned, treated, *([entry] if entry else [])])
     time = data[duration].cast(pl.Float64).to_numpy()
     status = data[churned].cast(pl.Float64).to_numpy()
     group = data[treated].cast(pl.Float64).to_numpy()

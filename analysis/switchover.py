@@ -28,7 +28,7 @@ import statsmodels.api as sm
 from scipy import stats
 
 from analysis.errors import InsufficientDataError
-from analysis.results import Estimate, render_summary
+from analysis.results import Estimate, render_summary, require_columns
 
 __all__ = ["SwitchoverEffect", "estimate_switchover"]
 
@@ -127,10 +127,7 @@ def estimate_switchover(
     and 168 for hourly data); ``exog`` names columns of ``frame`` (population mix shares,
     annotation dummies); ``outliers`` are ``time`` values that get a one-period pulse.
     """
-    needed = [time, value, *exog]
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise InsufficientDataError(f"columns not in the frame: {missing}")
+    require_columns(frame, [time, value, *exog])
     data = frame.sort(time)
     y = data[value].to_numpy().astype(float)
     times = data[time].to_list()
@@ -193,14 +190,7 @@ def estimate_switchover(
         else [(2 + i, n) for i, n in enumerate(names)]
     )
     terms = tuple(
-        Estimate(
-            name,
-            float(params[i]),
-            float(bse[i]),
-            float(params[i] - z * bse[i]),
-            float(params[i] + z * bse[i]),
-            float(2 * stats.norm.sf(abs(params[i] / bse[i]))) if bse[i] > 0 else float("nan"),
-        )
+        Estimate.from_se(name, float(params[i]), float(bse[i]), confidence=confidence)
         for i, name in regressors
     )
     effect = next((e for e in terms if e.term == "shift"), None)

@@ -14,11 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from scipy import stats
 
 from analysis.concurrent import absorb_and_fit, cell_keys
-from analysis.errors import InsufficientDataError
-from analysis.results import Estimate, render_summary
+from analysis.results import Estimate, complete_rows, render_summary
 
 __all__ = ["VerbosityCheck", "check_verbosity"]
 
@@ -77,18 +75,10 @@ def check_verbosity(
     confidence: float = 0.95,
 ) -> VerbosityCheck:
     """Effect of ``treated`` on ``outcome`` with and without ``mediator`` held fixed."""
-    needed = [
-        outcome,
-        treated,
-        user,
-        mediator,
-        *segments,
-        *([hour_of_week] if hour_of_week else []),
-    ]
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise InsufficientDataError(f"columns not in the frame: {missing}")
-    data = frame.select(needed).drop_nulls()
+    data = complete_rows(
+        frame,
+        [outcome, treated, user, mediator, *segments, *([hour_of_week] if hour_of_week else [])],
+    )
     y = data[outcome].cast(pl.Float64).to_numpy()
     d = data[treated].cast(pl.Float64).to_numpy()
     m = data[mediator].cast(pl.Float64).to_numpy()
@@ -98,9 +88,7 @@ def check_verbosity(
     def effect(term: str, target: np.ndarray, x: np.ndarray) -> Estimate:
         beta, cov, n_users = absorb_and_fit(target, x, cells, users)
         se = float(np.sqrt(cov[0, 0]))
-        t = float(stats.t.ppf(0.5 + confidence / 2, n_users - 1))
-        p = float(2 * stats.t.sf(abs(beta[0] / se), n_users - 1))
-        return Estimate(term, float(beta[0]), se, beta[0] - t * se, beta[0] + t * se, p)
+        return Estimate.from_se(term, float(beta[0]), se, confidence=confidence, df=n_users - 1)
 
     total = effect("total effect", y, d[:, None])
     direct = effect(f"direct effect ({mediator} held fixed)", y, np.column_stack([d, m]))
