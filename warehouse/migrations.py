@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from warehouse.connection import Warehouse
-from warehouse.schema import render_ddl
+from warehouse.schema import SHADOW_TABLES, render_ddl, render_tables
 
 __all__ = ["MIGRATIONS", "Migration", "migrate"]
 
@@ -29,6 +29,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         1,
         "raw event tables, dedup filter, request/session lookups, hourly rollups, dead letters",
         lambda cluster, database: render_ddl(cluster=cluster, database=database),
+    ),
+    # Version 2 is reserved for the annotations table's change.
+    Migration(
+        3,
+        "shadow replay: shadow_runs, shadow_results, shadow_judgments",
+        lambda cluster, database: render_tables(SHADOW_TABLES, cluster=cluster, database=database),
     ),
 )
 

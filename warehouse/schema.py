@@ -32,9 +32,20 @@ feedback, retries and sessions, and the key-value lookups between them, live on 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["ROLLUPS", "TABLES", "VIEWS", "Table", "View", "render_ddl", "render_rollup_rebuild"]
+__all__ = [
+    "ROLLUPS",
+    "SHADOW_TABLES",
+    "TABLES",
+    "VIEWS",
+    "Table",
+    "View",
+    "render_ddl",
+    "render_rollup_rebuild",
+    "render_tables",
+]
 
 DEDUP_WINDOW = 100_000
 """Insert blocks remembered per table for token deduplication. It must cover every block written
@@ -140,6 +151,7 @@ class Table:
     dedup: bool = False
     ttl: str = ""
     shard_key: str = "cityHash64(user_id)"
+    engine_args: str = ""  # e.g. a ReplacingMergeTree's version column
 
     @property
     def merge_tree(self) -> bool:
@@ -296,6 +308,76 @@ TABLES: tuple[Table, ...] = (
     ),
 )
 
+SHADOW_TABLES: tuple[Table, ...] = (
+    # One row per status change; the newest (by updated_at) is the run's state.
+    Table(
+        "shadow_runs",
+        """
+    run_id String,
+    created_at DateTime64(3, 'UTC'),
+    candidate_model String,
+    baseline_model String,
+    settings_json String,
+    status LowCardinality(String),
+    sample_size UInt32,
+    updated_at DateTime64(6, 'UTC') DEFAULT now64(6)""",
+        "ReplacingMergeTree",
+        engine_args="updated_at",
+        order_by="(run_id)",
+        shard_key="cityHash64(run_id)",
+    ),
+    # A resumed run may write a sample again (a retried failure): the newest attempt wins, so
+    # reads with FINAL see one row per (run_id, sample_id, arm).
+    Table(
+        "shadow_results",
+        """
+    run_id String,
+    sample_id String,
+    arm LowCardinality(String),
+    model String,
+    intent LowCardinality(String),
+    locale LowCardinality(String),
+    platform LowCardinality(String),
+    cohort LowCardinality(String),
+    status LowCardinality(String),
+    error Nullable(String),
+    attempts UInt8,
+    ttft_ms Nullable(Float64),
+    tpot_ms Nullable(Float64),
+    latency_ms Nullable(Float64),
+    prompt_tokens UInt32,
+    completion_tokens UInt32,
+    finish_reason LowCardinality(String),
+    output String,
+    production_output Nullable(String),
+    production_completion_tokens UInt32,
+    production_latency_ms Float64,
+    expected Nullable(String),
+    started_at DateTime64(3, 'UTC')""",
+        "ReplacingMergeTree",
+        engine_args="started_at",
+        order_by="(run_id, sample_id, arm)",
+        shard_key="cityHash64(run_id, sample_id)",
+    ),
+    Table(
+        "shadow_judgments",
+        """
+    run_id String,
+    sample_id String,
+    judge_model String,
+    model_a String,
+    model_b String,
+    `order` LowCardinality(String),
+    verdict LowCardinality(String),
+    judged_at DateTime64(3, 'UTC')""",
+        "ReplacingMergeTree",
+        engine_args="judged_at",
+        order_by="(run_id, sample_id, judge_model, model_a, model_b, `order`)",
+        shard_key="cityHash64(run_id, sample_id)",
+    ),
+)
+"""Shadow replay storage (migration 3): runs, one result per sample and arm, judge verdicts."""
+
 # Keep an event unless its id was stored by another batch; a replay of the same batch passes, so
 # an interrupted insert chain can complete (see the module docstring).
 _NOT_SEEN = (
@@ -430,18 +512,9 @@ def render_ddl(*, cluster: str | None = None, database: str = "default") -> list
     With ``cluster``, each table becomes a ``Replicated*`` (or local) ``<name>_local`` on every
     node plus a ``Distributed`` ``<name>`` sharded by user, and views connect the local tables.
     """
-    local = {t.name: (f"{t.name}_local" if cluster else t.name) for t in TABLES}
-    names = _Names({k: f"{database}.{v}" for k, v in local.items()})
+    names = _Names({t.name: f"{database}.{t.name}{'_local' if cluster else ''}" for t in TABLES})
     on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
-    out: list[str] = []
-    for t in TABLES:
-        out.append(_create_table(t, f"{database}.{local[t.name]}", on_cluster, cluster))
-        if cluster:
-            out.append(
-                f"CREATE TABLE IF NOT EXISTS {database}.{t.name}{on_cluster}"
-                f" AS {database}.{local[t.name]}"
-                f" ENGINE = Distributed({cluster}, {database}, {local[t.name]}, {t.shard_key})"
-            )
+    out = render_tables(TABLES, cluster=cluster, database=database)
     for v in VIEWS:
         out.append(
             f"CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.{v.name}{on_cluster}"
@@ -450,12 +523,33 @@ def render_ddl(*, cluster: str | None = None, database: str = "default") -> list
     return out
 
 
+def render_tables(
+    tables: Sequence[Table], *, cluster: str | None = None, database: str = "default"
+) -> list[str]:
+    """DDL statements that create ``tables`` (no views): on a cluster, a replicated
+    ``<name>_local`` on every node plus a ``Distributed`` ``<name>``."""
+    on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
+    out: list[str] = []
+    for t in tables:
+        local = f"{t.name}_local" if cluster else t.name
+        out.append(_create_table(t, f"{database}.{local}", on_cluster, cluster))
+        if cluster:
+            out.append(
+                f"CREATE TABLE IF NOT EXISTS {database}.{t.name}{on_cluster}"
+                f" AS {database}.{local}"
+                f" ENGINE = Distributed({cluster}, {database}, {local}, {t.shard_key})"
+            )
+    return out
+
+
 def _create_table(t: Table, qualified: str, on_cluster: str, cluster: str | None) -> str:
-    engine = t.engine
+    engine = f"{t.engine}({t.engine_args})" if t.engine_args else t.engine
     if cluster and t.merge_tree:
         name = qualified.split(".", 1)[1]
+        args = f", {t.engine_args}" if t.engine_args else ""
         engine = (
-            f"Replicated{engine}('/clickhouse/tables/{{shard}}/{{database}}/{name}', '{{replica}}')"
+            f"Replicated{t.engine}('/clickhouse/tables/{{shard}}/{{database}}/{name}',"
+            f" '{{replica}}'{args})"
         )
     body = t.columns.strip("\n")
     parts = [f"CREATE TABLE IF NOT EXISTS {qualified}{on_cluster} (\n{body}\n) ENGINE = {engine}"]
