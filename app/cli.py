@@ -18,6 +18,7 @@ from rich.table import Table
 
 import analysis
 import warehouse
+from app.shadow_cli import shadow_app
 from ingest import (
     EventSink,
     IngestError,
@@ -43,6 +44,7 @@ app = typer.Typer(
 )
 warehouse_app = typer.Typer(help="Create, inspect and describe the ClickHouse warehouse.")
 app.add_typer(warehouse_app, name="warehouse")
+app.add_typer(shadow_app, name="shadow")
 
 WarehouseUrl = Annotated[
     str | None,

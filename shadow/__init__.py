@@ -6,15 +6,27 @@ from shadow.errors import (
     TerminalShadowError,
     TransientShadowError,
 )
+from shadow.runner import ARMS, RunSummary, ShadowRunner, http_target
 from shadow.sample import Sample, SampleSet, allocate_strata, sample_traffic
+from shadow.settings import ShadowSettings
+from shadow.targets import ChatRequest, Completion, HttpTarget, LLMTarget
 
 __all__ = [
+    "ARMS",
     "BudgetExhaustedError",
+    "ChatRequest",
+    "Completion",
+    "HttpTarget",
+    "LLMTarget",
+    "RunSummary",
     "Sample",
     "SampleSet",
     "ShadowError",
+    "ShadowRunner",
+    "ShadowSettings",
     "TerminalShadowError",
     "TransientShadowError",
     "allocate_strata",
+    "http_target",
     "sample_traffic",
 ]
