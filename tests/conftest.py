@@ -15,6 +15,8 @@ import pytest
 import warehouse
 
 from kafka_broker import KafkaBroker, KafkaBrokerUnavailable
+from tiny_model import build_tiny_model
+from vllm_server import VllmServer, VllmUnavailable, vllm_missing_reason
 
 # =============================================================================
 # Kafka: one real broker per test session (see tests/kafka_broker.py)
@@ -89,3 +91,49 @@ def wh(tmp_path: Path) -> Iterator[warehouse.Warehouse]:
     with warehouse.connect(f"chdb://{tmp_path}/warehouse") as conn:
         warehouse.migrate(conn)
         yield conn
+
+
+# =============================================================================
+# vLLM: one real server (CPU build) per test session, serving a tiny random-weight model
+# (see tests/vllm_server.py and tests/tiny_model.py)
+# =============================================================================
+
+
+def _vllm_unavailable(reason: str) -> None:
+    """Skip the test, or fail it when ``CI=true`` so that CI never silently loses vLLM coverage."""
+    if os.environ.get("CI", "").strip().lower() == "true":
+        pytest.fail(f"vLLM unavailable: {reason}", pytrace=False)
+    pytest.skip(f"vLLM unavailable: {reason}")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The tiny random-weight Llama (built once into .cache/tiny-llama; seeded, so greedy
+    outputs are the same on every build)."""
+    reason = vllm_missing_reason()
+    if reason is not None:
+        _vllm_unavailable(reason)
+    return build_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_dir: Path) -> Iterator[VllmServer]:
+    """A healthy vLLM OpenAI-compatible server on 127.0.0.1 serving ``tiny_model_dir``.
+
+    Use ``vllm_server.base_url`` (".../v1"), ``.model`` ("tiny-llama"), ``.model_dir`` and
+    ``.metrics_url``. Startup takes about a minute; the server is stopped (whole process
+    group) at the end of the session. Tests must not stop it.
+    """
+    server = VllmServer(tiny_model_dir)
+    try:
+        server.start()
+    except VllmUnavailable as exc:
+        server.close()
+        _vllm_unavailable(str(exc))
+    except BaseException:
+        server.close()
+        raise
+    try:
+        yield server
+    finally:
+        server.close()
