@@ -6,6 +6,7 @@ from shadow.errors import (
     TerminalShadowError,
     TransientShadowError,
 )
+from shadow.redact import REDACTION_KINDS, RedactedText, RedactionReport, redact_text
 from shadow.runner import ARMS, RunSummary, ShadowRunner, http_target
 from shadow.sample import Sample, SampleSet, allocate_strata, sample_traffic
 from shadow.settings import ShadowSettings
@@ -13,11 +14,14 @@ from shadow.targets import ChatRequest, Completion, HttpTarget, LLMTarget
 
 __all__ = [
     "ARMS",
+    "REDACTION_KINDS",
     "BudgetExhaustedError",
     "ChatRequest",
     "Completion",
     "HttpTarget",
     "LLMTarget",
+    "RedactedText",
+    "RedactionReport",
     "RunSummary",
     "Sample",
     "SampleSet",
@@ -28,5 +32,6 @@ __all__ = [
     "TransientShadowError",
     "allocate_strata",
     "http_target",
+    "redact_text",
     "sample_traffic",
 ]
