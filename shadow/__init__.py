@@ -7,6 +7,7 @@ from shadow.errors import (
     TransientShadowError,
 )
 from shadow.redact import REDACTION_KINDS, RedactedText, RedactionReport, redact_text
+from shadow.refusal import is_refusal
 from shadow.runner import ARMS, RunSummary, ShadowRunner, http_target
 from shadow.sample import Sample, SampleSet, allocate_strata, sample_traffic
 from shadow.settings import ShadowSettings
@@ -32,6 +33,7 @@ __all__ = [
     "TransientShadowError",
     "allocate_strata",
     "http_target",
+    "is_refusal",
     "redact_text",
     "sample_traffic",
 ]
