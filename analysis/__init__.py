@@ -13,8 +13,10 @@ from analysis.results import Estimate
 from analysis.retention import RetentionComparison, compare_retention, survivorship_warning
 from analysis.switchover import SwitchoverEffect, estimate_switchover
 from analysis.verbosity import VerbosityCheck, check_verbosity
+from analysis.waterfall import ANNOTATION_KINDS, Waterfall, decompose_change
 
 __all__ = [
+    "ANNOTATION_KINDS",
     "METRICS",
     "AnalysisError",
     "ConcurrentComparison",
@@ -31,9 +33,11 @@ __all__ = [
     "Unit",
     "UnknownMetricError",
     "VerbosityCheck",
+    "Waterfall",
     "check_verbosity",
     "compare_concurrent",
     "compare_retention",
+    "decompose_change",
     "decompose_covariate_shift",
     "decompose_population_shift",
     "estimate_switchover",

@@ -15,7 +15,7 @@ import polars as pl
 import statsmodels.api as sm
 
 from analysis.errors import InsufficientDataError
-from analysis.results import Estimate, complete_rows, render_summary
+from analysis.results import Estimate, complete_rows, find_estimate, render_summary
 
 __all__ = ["RegressionResult", "fit_clustered_ols"]
 
@@ -38,10 +38,7 @@ class RegressionResult:
 
     def estimate(self, term: str) -> Estimate:
         """The estimate for ``term``."""
-        for e in self.estimates:
-            if e.term == term:
-                return e
-        raise KeyError(f"no term {term!r}; terms: {[e.term for e in self.estimates]}")
+        return find_estimate(self.estimates, term)
 
     def to_frame(self) -> pl.DataFrame:
         """One row per term: value, se, confidence bounds, p-value."""

@@ -12,7 +12,7 @@ from scipy import stats
 
 from analysis.errors import InsufficientDataError
 
-__all__ = ["Estimate", "complete_rows", "render_summary", "require_columns"]
+__all__ = ["Estimate", "complete_rows", "find_estimate", "render_summary", "require_columns"]
 
 
 def require_columns(frame: pl.DataFrame, columns: Sequence[str]) -> None:
@@ -50,6 +50,14 @@ class Estimate:
         crit = float(dist.ppf(0.5 + confidence / 2))
         p = float(2 * dist.sf(abs(value / se))) if se > 0 else float("nan")
         return cls(term, float(value), float(se), value - crit * se, value + crit * se, p)
+
+
+def find_estimate(estimates: Sequence[Estimate], term: str) -> Estimate:
+    """The estimate of ``term``; the error lists the terms there are."""
+    for e in estimates:
+        if e.term == term:
+            return e
+    raise KeyError(f"no term {term!r}; terms: {[e.term for e in estimates]}")
 
 
 def render_summary(

@@ -28,7 +28,7 @@ import statsmodels.api as sm
 from scipy import stats
 
 from analysis.errors import InsufficientDataError
-from analysis.results import Estimate, render_summary, require_columns
+from analysis.results import Estimate, find_estimate, render_summary, require_columns
 
 __all__ = ["SwitchoverEffect", "estimate_switchover"]
 
@@ -55,10 +55,7 @@ class SwitchoverEffect:
 
     def term(self, name: str) -> Estimate:
         """The fitted term called ``name`` (``const``, ``shift``, an exog column, ``pulse:T``)."""
-        for e in self.terms:
-            if e.term == name:
-                return e
-        raise KeyError(f"no term {name!r}; terms: {[e.term for e in self.terms]}")
+        return find_estimate(self.terms, name)
 
     def to_frame(self) -> pl.DataFrame:
         """One row per fitted term."""

@@ -82,7 +82,7 @@ def check_verbosity(
     y = data[outcome].cast(pl.Float64).to_numpy()
     d = data[treated].cast(pl.Float64).to_numpy()
     m = data[mediator].cast(pl.Float64).to_numpy()
-    users = data[user].cast(pl.String).to_numpy()
+    users = cell_keys(data, [user])
     cells = cell_keys(data, [hour_of_week] if hour_of_week else [], segments)
 
     def effect(term: str, target: np.ndarray, x: np.ndarray) -> Estimate:

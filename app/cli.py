@@ -18,6 +18,8 @@ from rich.table import Table
 
 import analysis
 import warehouse
+from app.attribution import DESIGNS
+from app.attribution import attribute as run_attribution
 from app.shadow_cli import shadow_app
 from ingest import (
     EventSink,
@@ -313,11 +315,28 @@ def attribute(
     until: Annotated[
         dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Day after the last one.")
     ],
+    design: Annotated[
+        str,
+        typer.Option(
+            help="concurrent (both versions serve at once), switchover (the waterfall across "
+            "--at), population (mix vs rates across --at), retention (per user; the default "
+            "for retention_d7)."
+        ),
+    ] = "concurrent",
+    at: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            formats=["%Y-%m-%d"],
+            help="Switchover/population: the boundary (the switch date); the windows are "
+            "--window-days before and after it.",
+        ),
+    ] = None,
+    window_days: Annotated[int, typer.Option(help="Days on each side of --at.")] = 7,
     segment: Annotated[
         list[str] | None,
         typer.Option(
-            help="Segment column for per-segment effects (repeatable): locale, "
-            "platform, intent, cohort."
+            help="Segment column (repeatable): locale, platform, intent, cohort. Concurrent: "
+            "per-segment effects; switchover/population: the mix (default: all four)."
         ),
     ] = None,
     expected_share: Annotated[
@@ -327,79 +346,61 @@ def attribute(
     fmt: Annotated[str, typer.Option("--format", help="text, markdown, html or json.")] = "text",
     url: WarehouseUrl = None,
 ) -> None:
-    """How much of a metric's difference is the model: candidate vs baseline served at once.
+    """How much of a metric's change is the model, and how much is something else.
 
-    Compares responses (or sessions) of both versions in the same hours (a staged rollout or an
-    A/B test), with hour-of-week x segment fixed effects, standard errors clustered by user, a
-    sample-ratio check, and per-segment effects with Benjamini-Hochberg / Holm adjustment. For
-    session length and turns, a verbosity check says how much of the effect is longer answers.
+    [bold]concurrent[/]: candidate vs baseline served at once (a staged rollout or an A/B),
+    within hour-of-week x segment cells, standard errors clustered by user, a sample-ratio
+    check, per-segment effects with Benjamini-Hochberg / Holm adjustment. For session length
+    and turns, a verbosity check says how much of the effect is longer answers.
 
-    [bold]Example[/]
+    [bold]switchover[/]: the waterfall of the change from the week before --at to the week
+    after: seasonality + population shift + model + annotated changes (UI releases, holidays;
+    see `telltale annotate`) + unexplained, fitted on the hourly rollup from --since to --until.
+
+    [bold]population[/]: the same change split into segment mix and within-segment rates.
+
+    [bold]Examples[/]
 
       telltale attribute --metric thumbs_down_rate \\
         --model-version assistant-2026-09 --baseline assistant-2026-08 \\
         --since 2026-09-08 --until 2026-09-15 --segment locale --expected-share 0.05
+
+      telltale attribute --metric thumbs_down_rate --design switchover --at 2026-10-06 \\
+        --model-version assistant-2026-09 --baseline assistant-2026-08 \\
+        --since 2026-09-01 --until 2026-10-20
     """
     if fmt not in ("text", "markdown", "html", "json"):
         raise _fail(f"--format must be text, markdown, html or json, not {fmt!r}")
-    segments = list(segment or [])
-    bad = [s for s in segments if s not in ("locale", "platform", "intent", "cohort")]
-    if bad:
-        raise _fail(f"unknown segment {bad}: choose from locale, platform, intent, cohort")
+    if design not in DESIGNS:
+        raise _fail(f"--design must be one of {', '.join(DESIGNS)}, not {design!r}")
     try:
-        m = analysis.get_metric(metric)
-        versions = [model_version, baseline]
         with _open(url) as wh:
-            if m.unit is analysis.Unit.SESSION:
-                units = warehouse.session_outcomes(
-                    wh, since=since, until=until, model_versions=versions
-                )
-            else:
-                units = warehouse.response_outcomes(
-                    wh, since=since, until=until, model_versions=versions
-                )
-        frame = analysis.metric_outcome(m, units).with_columns(
-            (pl.col("model_version") == model_version).alias("treated")
-        )
-        if frame["treated"].n_unique() < 2:
-            raise analysis.InsufficientDataError(
-                f"{model_version} and {baseline} did not both serve between {since:%Y-%m-%d} "
-                f"and {until:%Y-%m-%d}: a concurrent comparison needs traffic on both"
+            found = run_attribution(
+                wh,
+                metric=metric,
+                candidate=model_version,
+                baseline=baseline,
+                since=since,
+                until=until,
+                design=design,  # type: ignore[arg-type]
+                at=at,
+                window_days=window_days,
+                segments=list(segment or []),
+                expected_share=expected_share,
             )
-        result = analysis.compare_concurrent(
-            frame,
-            outcome="outcome",
-            treated="treated",
-            user="user_id",
-            segments=segments,
-            expected_share=expected_share,
-            metric=m.name,
-        )
-        # Longer sessions may only mean longer answers: say how much goes through length.
-        verbosity = (
-            analysis.check_verbosity(
-                frame, outcome="outcome", treated="treated", user="user_id", metric=m.name
-            )
-            if m.name in ("session_turns", "session_seconds")
-            else None
-        )
     except (analysis.AnalysisError, warehouse.WarehouseError) as e:
         raise _fail(str(e)) from None
     if fmt == "json":
-        report = result.to_dict()
-        if verbosity is not None:
-            report["verbosity"] = {
-                "mediated_share": verbosity.mediated_share,
-                "carried_by_length": verbosity.carried_by_length,
-                "effects": verbosity.to_frame().to_dicts(),
-            }
-        out.print_json(data=report)
-    else:
-        out.print(result.summary(fmt), markup=False, highlight=False, soft_wrap=True)
-        if verbosity is not None:
-            out.print(verbosity.summary(fmt), markup=False, highlight=False, soft_wrap=True)
-        if fmt == "text" and result.by_segment.height:
-            _print_frame(result.by_segment, "effects by segment (p adjusted: BH, Holm)")
+        out.print_json(data=found.to_dict())
+        return
+    out.print(found.summary(fmt), markup=False, highlight=False, soft_wrap=True)
+    by_segment = getattr(found.result, "by_segment", None)
+    if (
+        fmt == "text"
+        and isinstance(found.result, analysis.ConcurrentComparison)
+        and by_segment.height
+    ):
+        _print_frame(by_segment, "effects by segment (p adjusted: BH, Holm)")
 
 
 @app.command()

@@ -16,7 +16,14 @@ from ingest.events import (
     SessionStart,
 )
 from ingest.metrics import IngestMetrics
-from ingest.simulate import Scenario, ground_truth, produce_to_kafka, simulate, write_files
+from ingest.simulate import (
+    Scenario,
+    ground_truth,
+    produce_to_kafka,
+    scenario_annotations,
+    simulate,
+    write_files,
+)
 from ingest.sink import Batch, EventSink, FlushResult, Position
 
 __all__ = [
@@ -45,6 +52,7 @@ __all__ = [
     "ground_truth",
     "iter_file",
     "produce_to_kafka",
+    "scenario_annotations",
     "simulate",
     "write_files",
 ]

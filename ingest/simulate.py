@@ -53,6 +53,7 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 
 import msgspec
 import numpy as np
+import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ingest.errors import TerminalIngestError, TransientIngestError
@@ -87,6 +88,7 @@ __all__ = [
     "cohort_of",
     "ground_truth",
     "produce_to_kafka",
+    "scenario_annotations",
     "simulate",
     "write_files",
 ]
@@ -2332,6 +2334,47 @@ def ground_truth(scenario: Scenario, *, seed: int | None = None) -> dict[str, An
 # --------------------------------------------------------------------------------------------
 # Public entry points
 # --------------------------------------------------------------------------------------------
+
+
+def scenario_annotations(scenario: Scenario) -> pl.DataFrame:
+    """The product changes a team would have written down for ``scenario``: each rollout stage
+    and the full switch (``model_rollout``), the UI release and the holidays (a holiday spans its
+    UTC day). Columns as the warehouse's ``annotations`` table takes them; the influx of users is
+    not among them, as nobody announces who signs up."""
+    rows: list[tuple[str, str, str, dt.datetime, dt.datetime | None, str]] = []
+
+    def midnight(day: dt.date) -> dt.datetime:
+        return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+
+    rollout = scenario.rollout
+    if rollout is not None:
+        for st in rollout.stages:
+            title = f"{rollout.candidate} A/B at {st.treatment_share:.0%}"
+            rows.append((f"{scenario.name}:stage:{st.date}", "model_rollout", title,
+                         midnight(st.date), None, rollout.candidate))  # fmt: skip
+        if rollout.full_switch is not None:
+            rows.append((f"{scenario.name}:switch:{rollout.full_switch}", "model_rollout",
+                         f"{rollout.candidate} for everyone", midnight(rollout.full_switch),
+                         None, rollout.candidate))  # fmt: skip
+    if scenario.ui_release is not None:
+        day = scenario.ui_release.date
+        rows.append((f"{scenario.name}:ui:{day}", "ui_release", "rating UI release",
+                     midnight(day), None, ""))  # fmt: skip
+    for h in scenario.holidays:
+        rows.append((f"{scenario.name}:holiday:{h.date}", "holiday", h.name, midnight(h.date),
+                     midnight(h.date + dt.timedelta(days=1)), ""))  # fmt: skip
+    return pl.DataFrame(
+        rows,
+        schema={
+            "id": pl.String,
+            "kind": pl.String,
+            "title": pl.String,
+            "starts_at": pl.Datetime("ms", "UTC"),
+            "ends_at": pl.Datetime("ms", "UTC"),
+            "model_version": pl.String,
+        },
+        orient="row",
+    )
 
 
 def simulate(scenario: Scenario, *, seed: int | None = None) -> Iterator[list[bytes]]:

@@ -54,9 +54,13 @@ def test_attribute_reads_the_warehouse_and_reports(tmp_path):
     sessions = telltale(*args, "--metric", "session_seconds", cwd=tmp_path)
     assert sessions.returncode == 0, sessions.stderr[-3000:]
     assert "verbosity check on session_seconds" in sessions.stdout
-    unsupported = telltale(*args, "--metric", "retention_d7", cwd=tmp_path)
-    assert unsupported.returncode == 1 and "per user" in unsupported.stderr
-    assert "Traceback" not in unsupported.stderr
+    # two days cannot show a week of absence: the retention design says so instead of guessing
+    too_short = telltale(*args, "--metric", "retention_d7", cwd=tmp_path)
+    assert too_short.returncode == 1 and "churn events" in too_short.stderr
+    assert "Traceback" not in too_short.stderr
+    no_boundary = telltale(*args, "--metric", "thumbs_down_rate", "--design", "switchover",
+                           cwd=tmp_path)  # fmt: skip
+    assert no_boundary.returncode == 1 and "--at" in no_boundary.stderr
 
 
 def test_simulate_then_backfill_a_directory(tmp_path):

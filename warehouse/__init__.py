@@ -11,16 +11,20 @@ from warehouse.migrations import MIGRATIONS, migrate
 from warehouse.queries import (
     EVENT_TABLES,
     ROLLUP_DIMENSIONS,
+    annotations,
     daily_summary,
     dead_letter_counts,
     dead_letters,
     event_counts,
     hourly_rollup,
+    hourly_sessions,
     pending_flight,
     rebuild_rollups,
+    record_annotations,
     record_ingest_intents,
     response_outcomes,
     session_outcomes,
+    user_activity,
 )
 from warehouse.schema import render_ddl
 from warehouse.shadow import (
@@ -57,6 +61,7 @@ __all__ = [
     "WarehouseBusyError",
     "WarehouseError",
     "WarehouseSettings",
+    "annotations",
     "connect",
     "conversation_turns",
     "daily_summary",
@@ -64,11 +69,13 @@ __all__ = [
     "dead_letters",
     "event_counts",
     "hourly_rollup",
+    "hourly_sessions",
     "insert_shadow_judgments",
     "insert_shadow_results",
     "migrate",
     "pending_flight",
     "rebuild_rollups",
+    "record_annotations",
     "record_ingest_intents",
     "record_shadow_run",
     "render_ddl",
@@ -82,4 +89,5 @@ __all__ = [
     "shadow_run",
     "shadow_runs",
     "shadow_stratum_counts",
+    "user_activity",
 ]

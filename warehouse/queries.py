@@ -19,16 +19,20 @@ from warehouse.schema import ROLLUPS, render_rollup_rebuild
 __all__ = [
     "EVENT_TABLES",
     "ROLLUP_DIMENSIONS",
+    "annotations",
     "daily_summary",
     "dead_letter_counts",
     "dead_letters",
     "event_counts",
     "hourly_rollup",
+    "hourly_sessions",
     "pending_flight",
     "rebuild_rollups",
+    "record_annotations",
     "record_ingest_intents",
     "response_outcomes",
     "session_outcomes",
+    "user_activity",
 ]
 
 EVENT_TABLES = ("responses", "feedback", "retries", "sessions")
@@ -201,6 +205,32 @@ def dead_letters(wh: Warehouse, *, limit: int = 1000) -> pl.DataFrame:
     ).with_columns(pl.col("source", "kind", "reason", "event_id").cast(pl.String))
 
 
+def _hourly(
+    wh: Warehouse,
+    table: str,
+    aggregates: str,
+    *,
+    since: dt.datetime,
+    until: dt.datetime,
+    group_by: Sequence[str],
+    model_versions: Sequence[str] | None,
+) -> pl.DataFrame:
+    """``aggregates`` of a rollup ``table`` per hour and allow-listed dimensions."""
+    dims = _dimensions(group_by)
+    keys = ", ".join(["hour", *dims])
+    version_filter = " AND model_version IN {versions:Array(String)}" if model_versions else ""
+    return wh.query_frame(
+        f"""
+        SELECT toDateTime64(hour, 0, 'UTC') AS hour, {", ".join(dims) + "," if dims else ""}
+            {aggregates}
+        FROM {wh.database}.{table}
+        WHERE hour >= {{since:DateTime}} AND hour < {{until:DateTime}}{version_filter}
+        GROUP BY {keys} ORDER BY {keys}
+        """,
+        parameters={"since": since, "until": until, "versions": list(model_versions or [])},
+    )
+
+
 def hourly_rollup(
     wh: Warehouse,
     *,
@@ -214,23 +244,18 @@ def hourly_rollup(
     Columns: ``hour``, the dimensions, counts (responses, ratings, thumbs_down, thumbs_up,
     retries, refusals, errors), token sums and latency quantiles (p50/p95/p99).
     """
-    dims = _dimensions(group_by)
-    keys = ", ".join(["hour", *dims])
-    version_filter = " AND model_version IN {versions:Array(String)}" if model_versions else ""
-    sql = f"""
-        SELECT toDateTime64(hour, 0, 'UTC') AS hour, {", ".join(dims) + "," if dims else ""}
-            sum(responses) AS responses, sum(ratings) AS ratings,
-            sum(thumbs_down) AS thumbs_down, sum(thumbs_up) AS thumbs_up,
-            sum(retries) AS retries, sum(refusals) AS refusals, sum(errors) AS errors,
-            sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
-            quantilesTDigestMerge(0.5, 0.95, 0.99)(latency_ms_q) AS latency_ms_q
-        FROM {wh.database}.rollup_hourly
-        WHERE hour >= {{since:DateTime}} AND hour < {{until:DateTime}}{version_filter}
-        GROUP BY {keys} ORDER BY {keys}
-    """
-    frame = wh.query_frame(
-        sql,
-        parameters={"since": since, "until": until, "versions": list(model_versions or [])},
+    frame = _hourly(
+        wh,
+        "rollup_hourly",
+        "sum(responses) AS responses, sum(ratings) AS ratings,"
+        " sum(thumbs_down) AS thumbs_down, sum(thumbs_up) AS thumbs_up,"
+        " sum(retries) AS retries, sum(refusals) AS refusals, sum(errors) AS errors,"
+        " sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,"
+        " quantilesTDigestMerge(0.5, 0.95, 0.99)(latency_ms_q) AS latency_ms_q",
+        since=since,
+        until=until,
+        group_by=group_by,
+        model_versions=model_versions,
     )
     return frame.with_columns(
         pl.col("latency_ms_q").list.get(i).alias(f"latency_ms_{p}")
@@ -266,4 +291,99 @@ def daily_summary(wh: Warehouse) -> pl.DataFrame:
         ) AS s ON r.day = s.day AND r.model_version = s.model_version
         ORDER BY day, model_version
         """
+    )
+
+
+def record_annotations(wh: Warehouse, annotations: pl.DataFrame) -> int:
+    """Store product changes (``id``, ``kind``, ``title``, ``starts_at``, optional ``ends_at``
+    and ``model_version``); an annotation recorded again under the same ``id`` replaces the old
+    one. Returns how many were written."""
+    if annotations.is_empty():
+        return 0
+    missing = [c for c in ("id", "kind", "title", "starts_at") if c not in annotations.columns]
+    if missing:
+        raise TerminalWarehouseError(f"annotations need columns {missing}")
+    frame = annotations.select(
+        pl.col("id").cast(pl.String),
+        pl.col("starts_at").cast(pl.Datetime("ms", "UTC")),
+        (pl.col("ends_at") if "ends_at" in annotations.columns else pl.lit(None))
+        .cast(pl.Datetime("ms", "UTC"))
+        .alias("ends_at"),
+        pl.col("kind").cast(pl.String),
+        pl.col("title").cast(pl.String),
+        (pl.col("model_version") if "model_version" in annotations.columns else pl.lit(""))
+        .cast(pl.String)
+        .fill_null("")
+        .alias("model_version"),
+    )
+    wh.insert_arrow(f"{wh.database}.annotations", frame.to_arrow())
+    return frame.height
+
+
+def annotations(wh: Warehouse, *, since: dt.datetime, until: dt.datetime) -> pl.DataFrame:
+    """Product changes that overlap ``[since, until)``: ``id``, ``title``, ``kind``,
+    ``starts_at``, ``ends_at`` (null: for good), ``model_version``; oldest first."""
+    return wh.query_frame(
+        f"""
+        SELECT id, title, kind, starts_at,
+            ends_at, model_version
+        FROM {wh.database}.annotations FINAL
+        WHERE starts_at < {{until:DateTime64(3)}}
+            AND (ends_at IS NULL OR ends_at > {{since:DateTime64(3)}})
+        ORDER BY starts_at, id
+        """,
+        parameters={"since": since, "until": until},
+    )
+
+
+def hourly_sessions(
+    wh: Warehouse,
+    *,
+    since: dt.datetime,
+    until: dt.datetime,
+    group_by: Sequence[str] = ("model_version",),
+    model_versions: Sequence[str] | None = None,
+) -> pl.DataFrame:
+    """Hourly ended-session counts from the session rollup, grouped by allow-listed dimensions
+    (sessions carry no intent): ``hour``, the dimensions, sessions, turns, seconds,
+    completion_known, completed."""
+    if "intent" in group_by:
+        raise TerminalWarehouseError("sessions have no intent: group by another dimension")
+    return _hourly(
+        wh,
+        "sessions_hourly",
+        "sum(sessions) AS sessions, sum(turns) AS turns, sum(seconds) AS seconds,"
+        " sum(completion_known) AS completion_known, sum(completed) AS completed",
+        since=since,
+        until=until,
+        group_by=group_by,
+        model_versions=model_versions,
+    )
+
+
+def user_activity(
+    wh: Warehouse,
+    *,
+    since: dt.datetime,
+    until: dt.datetime,
+    model_versions: Sequence[str],
+) -> pl.DataFrame:
+    """One row per user with a response of the given versions in ``[since, until)``: the
+    version of their first response there (``first_version``), ``first_seen``, ``last_seen``
+    (any version, up to ``until``), and their tenure in days at ``first_seen``."""
+    db = wh.database
+    return wh.query_frame(
+        f"""
+        SELECT user_id, argMinIf(model_version, ts, model_version IN {{versions:Array(String)}})
+                AS first_version,
+            minIf(ts, model_version IN {{versions:Array(String)}}) AS first_seen,
+            max(ts) AS last_seen,
+            argMinIf(user_tenure_days, ts, model_version IN {{versions:Array(String)}})
+                AS tenure_days
+        FROM {db}.responses FINAL
+        WHERE ts >= {{since:DateTime64(3)}} AND ts < {{until:DateTime64(3)}}
+        GROUP BY user_id
+        HAVING countIf(model_version IN {{versions:Array(String)}}) > 0
+        """,
+        parameters={"since": since, "until": until, "versions": list(model_versions)},
     )
