@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from ingest.simulate import Scenario, simulate
 from shadow import REDACTION_KINDS, RedactionReport, redact_text
+
+from simulated_text import text_events
 
 LABELLED = json.loads((Path(__file__).parent / "results" / "pii_labelled.json").read_text())
 
@@ -59,22 +60,12 @@ def test_labelled_list_covers_every_kind_and_has_near_misses():
 
 @pytest.fixture(scope="module")
 def simulated_texts() -> list[str]:
-    scenario = Scenario.default().evolve(
-        days=1,
-        population={"initial_users": 300, "new_users_per_day": 0},
-        responses={"text_share": 1.0, "pii_share": 0.4},
-        rollout=None,
-        population_shift=None,
-        ui_release=None,
-        holidays=[],
-        truth_samples=1000,
-    )
-    texts = []
-    for chunk in simulate(scenario, seed=11):
-        for raw in chunk:
-            event = json.loads(raw)
-            texts += [event[f] for f in ("prompt", "response", "comment") if event.get(f)]
-    return texts
+    return [
+        event[field]
+        for event in text_events({"pii_share": 0.4}, seed=11)
+        for field in ("prompt", "response", "comment")
+        if event.get(field)
+    ]
 
 
 def test_simulated_pii_is_all_removed_and_nothing_else_touched(simulated_texts):

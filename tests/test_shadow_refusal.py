@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.simulate import Scenario, simulate
 from shadow import is_refusal
+
+from simulated_text import text_events
 
 LABELLED = json.loads((Path(__file__).parent / "results" / "refusals_labelled.json").read_text())
 
@@ -32,25 +33,13 @@ def test_labelled_list_has_each_kind():
 
 
 def test_simulator_refusals_are_detected_and_its_answers_are_not():
-    scenario = Scenario.default().evolve(
-        days=1,
-        population={"initial_users": 300, "new_users_per_day": 0},
-        responses={"text_share": 1.0, "refusal_rate": 0.2},
-        rollout=None,
-        population_shift=None,
-        ui_release=None,
-        holidays=[],
-        truth_samples=1000,
-    )
     refused = answered = 0
-    for chunk in simulate(scenario, seed=5):
-        for raw in chunk:
-            event = json.loads(raw)
-            if event["type"] != "response" or not event.get("response"):
-                continue
-            assert is_refusal(event["response"]) is event["refused"], event["response"]
-            refused += event["refused"]
-            answered += not event["refused"]
+    for event in text_events({"refusal_rate": 0.2}, seed=5):
+        if event["type"] != "response" or not event.get("response"):
+            continue
+        assert is_refusal(event["response"]) is event["refused"], event["response"]
+        refused += event["refused"]
+        answered += not event["refused"]
     assert refused >= 50 and answered >= 200
 
 
