@@ -1,5 +1,6 @@
 """Shadow replay: sample production traffic, redact it, replay it on a candidate model, compare."""
 
+from shadow.compare import SEGMENTS, ShadowComparison, compare_shadow, expected_passes
 from shadow.errors import (
     BudgetExhaustedError,
     ShadowError,
@@ -16,6 +17,7 @@ from shadow.judge import (
     judgment_outcomes,
     parse_verdict,
 )
+from shadow.prices import ModelPrice, PriceTable, load_prices
 from shadow.redact import REDACTION_KINDS, RedactedText, RedactionReport, redact_text
 from shadow.refusal import is_refusal
 from shadow.results import Interval
@@ -27,6 +29,7 @@ from shadow.targets import ChatRequest, Completion, HttpTarget, LLMTarget
 __all__ = [
     "ARMS",
     "REDACTION_KINDS",
+    "SEGMENTS",
     "BradleyTerry",
     "BudgetExhaustedError",
     "ChatRequest",
@@ -35,13 +38,16 @@ __all__ = [
     "Interval",
     "JudgeClient",
     "LLMTarget",
+    "ModelPrice",
     "PairToJudge",
     "PairwiseComparison",
+    "PriceTable",
     "RedactedText",
     "RedactionReport",
     "RunSummary",
     "Sample",
     "SampleSet",
+    "ShadowComparison",
     "ShadowError",
     "ShadowRunner",
     "ShadowSettings",
@@ -49,10 +55,13 @@ __all__ = [
     "TransientShadowError",
     "allocate_strata",
     "compare_pairwise",
+    "compare_shadow",
+    "expected_passes",
     "fit_bradley_terry",
     "http_target",
     "is_refusal",
     "judgment_outcomes",
+    "load_prices",
     "parse_verdict",
     "redact_text",
     "sample_traffic",

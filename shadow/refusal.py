@@ -87,15 +87,24 @@ _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 _OPENING_CHARS = 240
 
 
+# Words every match of a pattern contains: a plain substring test on the lower-cased text skips
+# the pattern for the (many) answers that cannot match it.
+_DECLINE_WORDS = ("can", "won", "wouldn", "will not", "able", "decline", "refus", "refrain",
+                  "not going", "not allowed", "not permitted")  # fmt: skip
+_POLICY_WORDS = ("against", "violat", "not allowed", "not permitted", "not authori", "decline",
+                 "refuse", "not something")  # fmt: skip
+_FOREIGN_WORDS = ("helfen", "aider", "puedo", "posso", "できません")
+
+
 def is_refusal(text: str) -> bool:
     """Whether ``text`` (a model response) declines all or part of the request (module doc)."""
     if not text:
         return False
     clean = _IDIOM.sub(" ", _QUOTED.sub(" ", text.translate(_APOSTROPHES)))
-    opening = clean.lstrip()[:_OPENING_CHARS]
+    low = clean.lower()
     return bool(
-        _OPENING.search(opening)
-        or _DECLINE.search(clean)
-        or _POLICY.search(clean)
-        or _FOREIGN.search(clean)
+        _OPENING.search(clean.lstrip()[:_OPENING_CHARS])
+        or (any(w in low for w in _DECLINE_WORDS) and _DECLINE.search(clean))
+        or (any(w in low for w in _POLICY_WORDS) and _POLICY.search(clean))
+        or (any(w in low for w in _FOREIGN_WORDS) and _FOREIGN.search(clean))
     )
