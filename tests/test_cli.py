@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import warehouse
 
@@ -93,3 +96,53 @@ def test_cluster_ddl_is_printed(tmp_path):
     assert ddl.returncode == 0
     assert "ReplicatedReplacingMergeTree" in ddl.stdout
     assert "Distributed(prod" in ddl.stdout
+
+
+def test_attribute_designs_across_the_full_switch(tmp_path):
+    """Three weeks around the full switch (50% -> 100% on 2026-10-06), ingested through the
+    backfill path with the scenario's annotations: the waterfall, the mix decomposition and
+    7-day retention all come out of the CLI, with parts that add up."""
+    from ingest import EventSink, Scenario, backfill, scenario_annotations, write_files
+
+    base = Scenario.default()
+    sc = base.evolve(
+        start=dt.date(2026, 9, 22),
+        days=21,
+        population=base.population.model_copy(update={"initial_users": 1500}),
+    )
+    sim = write_files(sc, tmp_path / "sim", seed=3)
+    url = f"chdb://{tmp_path}/wh"
+    with warehouse.connect(url) as wh:
+        warehouse.migrate(wh)
+        backfill(EventSink(wh), list(sim.event_files), progress=False)
+        warehouse.record_annotations(wh, scenario_annotations(sc))
+    args = [
+        "attribute", "--model-version", "assistant-2026-09", "--baseline", "assistant-2026-08",
+        "--since", "2026-09-22", "--until", "2026-10-13", "-w", url, "--format", "json",
+    ]  # fmt: skip
+    res = telltale(*args, "--metric", "thumbs_down_rate", "--design", "switchover",
+                   "--at", "2026-10-06", cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(res.stdout)
+    parts = {e["term"]: e["value"] for e in report["estimates"]}
+    explained = sum(
+        v for k, v in parts.items() if k not in ("model effect at full exposure", "observed change")
+    )
+    assert explained == pytest.approx(report["observed"]["change"], abs=1e-9)
+    assert report["candidate_share"][0] == pytest.approx(0.5, abs=0.1)
+    assert report["candidate_share"][1] == pytest.approx(1.0, abs=0.01)
+    assert len(report["counterfactual"]) > 400  # one row per hour of the three weeks
+    sessions = telltale(*args, "--metric", "session_turns", "--design", "switchover",
+                        "--at", "2026-10-06", cwd=tmp_path)  # fmt: skip
+    assert sessions.returncode == 0, sessions.stderr[-3000:]
+    mix = telltale(*args, "--metric", "retry_rate", "--design", "population",
+                   "--at", "2026-10-06", "--segment", "cohort", cwd=tmp_path)  # fmt: skip
+    assert mix.returncode == 0, mix.stderr[-3000:]
+    terms = " ".join(e["term"] for e in json.loads(mix.stdout)["estimates"])
+    assert "composition" in terms and "rate" in terms
+    retention = telltale(*args, "--metric", "retention_d7", cwd=tmp_path)
+    assert retention.returncode == 0, retention.stderr[-3000:]
+    assert json.loads(retention.stdout)["design"] == "retention"
+    text = telltale(*args[:-2], "--metric", "thumbs_down_rate", "--design", "switchover",
+                    "--at", "2026-10-06", cwd=tmp_path)  # fmt: skip
+    assert "population shift" in text.stdout and "unexplained" in text.stdout

@@ -316,7 +316,7 @@ def record_annotations(wh: Warehouse, annotations: pl.DataFrame) -> int:
         .fill_null("")
         .alias("model_version"),
     )
-    wh.insert_arrow(f"{wh.database}.annotations", frame.to_arrow())
+    wh.insert_arrow("annotations", frame.to_arrow())
     return frame.height
 
 
