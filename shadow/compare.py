@@ -17,13 +17,18 @@ production exactly (sampling, other hardware, a changed system prompt), so an an
 differ from production with *no* model change. With a ``baseline_replay`` arm, a candidate-vs-
 production difference ``d_c`` is flagged real only when
 
-    the interval of d_c excludes 0   and   |d_c| > |d_r| + h_r
+    the interval of d_c excludes 0   and   the interval of |d_c| - |d_r| lies above 0
 
-where ``d_r`` is the baseline replay's difference from production on the same figure and ``h_r``
-the half-width of its interval: the candidate must move further than the production model moves
-against itself, by more than that movement's own uncertainty. A serving difference (candidate
-minus baseline replay, like for like) is real when its interval excludes 0. Without a baseline
-arm, answer differences are only tested against 0 and the report says there is no noise floor.
+where ``d_r`` is the baseline replay's difference from production on the same figure (the
+noise). Both are computed on the same resampled samples in every bootstrap draw, so the
+``excess`` ``|d_c| - |d_r|`` has a paired interval: the candidate must move further from
+production than the production model moves from itself, by more than resampling noise. (The
+cruder rule ``|d_c| > |d_r| + half-width(d_r)`` ignores that pairing: when both arms truly move
+by the same amount it flagged 6 runs in 100, the paired rule 2; docs/judging.md.)
+
+A serving difference (candidate minus baseline replay, like for like) is real when its interval
+excludes 0. Without a baseline arm, answer differences are only tested against 0 and the report
+says there is no noise floor.
 
 Every interval is a seeded percentile bootstrap over samples (both arms of a sample move
 together, so differences are paired), vectorised over resamples.
@@ -224,7 +229,8 @@ class ShadowComparison:
     n_samples: int
     figures: pl.DataFrame
     """One row per segment value and figure: each arm's value and interval, production's, the
-    difference with its interval, the noise floor and whether the difference is ``real``."""
+    difference with its interval, the ``noise`` (baseline replay minus production), the
+    ``excess`` (``|difference| - |noise|``) and whether the difference is ``real``."""
     judge: PairwiseComparison | None
     judge_by_segment: dict[str, PairwiseComparison]
     bradley_terry: BradleyTerry | None
@@ -248,7 +254,7 @@ class ShadowComparison:
         for (seg,), part in self.figures.group_by(["segment"], maintain_order=True):
             rows = [_summary_row(r) for r in part.iter_rows(named=True)]
             columns = ["figure", "candidate", "baseline replay", "production", "difference",
-                       "noise floor", "real"]  # fmt: skip
+                       "noise (replay - production)", "excess over noise", "real"]  # fmt: skip
             title = (
                 f"{self.candidate_model}: {self.segment} = {seg}"
                 if self.segment and seg != _ALL
@@ -290,11 +296,6 @@ def _fmt(value: float, low: float, high: float) -> str:
 
 
 def _summary_row(r: dict) -> list[str]:
-    noise = (
-        "-"
-        if r["noise_floor"] is None or math.isnan(r["noise_floor"])
-        else f"{r['noise_floor']:.4g}"
-    )
     diff = _fmt(r["difference"], r["difference_ci_low"], r["difference_ci_high"])
     return [
         r["figure"],
@@ -302,7 +303,8 @@ def _summary_row(r: dict) -> list[str]:
         _fmt(r["baseline_replay"], r["baseline_replay_ci_low"], r["baseline_replay_ci_high"]),
         _fmt(r["production"], r["production_ci_low"], r["production_ci_high"]),
         "-" if diff == "-" else f"{diff} vs {r['versus'].replace('_', ' ')}",
-        noise,
+        _fmt(r["noise"], r["noise_ci_low"], r["noise_ci_high"]),
+        _fmt(r["excess"], r["excess_ci_low"], r["excess_ci_high"]),
         "yes" if r["real"] else "no",
     ]
 
@@ -361,24 +363,31 @@ def _segment_figures(
             interval(point[prod_key], drawn[prod_key]) if prod_key in point else Interval.missing()
         )
         row |= _columns("production", prod, f.scale)
-        diff, noise = Interval.missing(), Interval.missing()
+        diff, noise, excess = Interval.missing(), Interval.missing(), Interval.missing()
         cand = ("candidate", f.name, "arm")
         if f.versus == "production" and f.production is not None:
             diff = _difference(point, drawn, cand, prod_key, interval)
-            if has_replay:
-                replay = ("baseline_replay", f.name, "arm")
-                noise = _difference(
-                    point, drawn, replay, ("baseline_replay", f.name, "production"), interval
+            replay = ("baseline_replay", f.name, "arm")
+            replay_prod = ("baseline_replay", f.name, "production")
+            if has_replay and all(k in point for k in (cand, prod_key, replay, replay_prod)):
+                noise = _difference(point, drawn, replay, replay_prod, interval)
+                # how much further from production the candidate is than the replay, with both
+                # arms resampled together (the same samples in every draw)
+                moved = np.abs(drawn[cand] - drawn[prod_key]) - np.abs(
+                    drawn[replay] - drawn[replay_prod]
                 )
+                excess = interval(abs(diff.value) - abs(noise.value), moved)
         elif has_replay:
             diff = _difference(point, drawn, cand, ("baseline_replay", f.name, "arm"), interval)
         row |= _columns("difference", diff, f.scale)
-        floor = abs(noise.value) + noise.half_width if not math.isnan(noise.value) else math.nan
+        row |= _columns("noise", noise, f.scale)
+        row |= _columns("excess", excess, f.scale)
         significant = not math.isnan(diff.value) and not diff.covers(0.0)
-        row["noise_floor"] = floor * f.scale
-        row["real"] = significant and (math.isnan(floor) or abs(diff.value) > floor)
-        if f.versus == "production" and has_replay and math.isnan(floor):
-            row["real"] = False  # the replay has no such figure: nothing to tell noise from
+        if f.versus == "production" and has_replay:
+            # the noise floor: without the replay's figure there is nothing to tell noise from
+            row["real"] = significant and not math.isnan(excess.ci_low) and excess.ci_low > 0
+        else:
+            row["real"] = significant
         out.append(row)
     return out
 
@@ -503,7 +512,7 @@ def compare_shadow(
             "answer figures compare with the recorded production answer of the same sample; "
             "serving figures with the baseline replay (same path, same time)",
             "noise floor: a candidate-vs-production difference is real when its interval "
-            "excludes 0 and |d_candidate| > |d_replay| + half-width(d_replay)",
+            "excludes 0 and the paired interval of |d_candidate| - |d_replay| is above 0",
             "length ratio in characters (tokenizers differ between models)",
             "samples are independent; intervals resample samples, both arms together",
         ),

@@ -124,7 +124,8 @@ def test_a_real_length_change_beats_the_noise_floor():
     result = compare_shadow(noisy(400, cand_ratio=1.5, replay_ratio=1.0), prices=PRICES)
     f = figure(result, "length_ratio_median")
     assert f["difference"] == pytest.approx(0.5, abs=0.05)
-    assert f["noise_floor"] < 0.05
+    assert abs(f["noise"]) < 0.05
+    assert f["excess_ci_low"] > 0.4
     assert f["real"]
 
 
@@ -134,14 +135,22 @@ def test_a_change_the_replay_shows_too_is_noise():
     result = compare_shadow(noisy(400, cand_ratio=1.1, replay_ratio=1.1, seed=1), prices=PRICES)
     f = figure(result, "length_ratio_median")
     assert f["difference_ci_low"] > 0  # different from production...
-    assert f["noise_floor"] > 0.08
+    assert f["noise"] == pytest.approx(0.1, abs=0.03)
+    assert f["excess_ci_low"] < 0 < f["excess_ci_high"]
     assert not f["real"]  # ...but no more than production differs from itself
+
+
+def test_moving_as_far_the_other_way_as_the_replay_is_noise_too():
+    result = compare_shadow(noisy(400, cand_ratio=1.1, replay_ratio=0.9, seed=11), prices=PRICES)
+    f = figure(result, "length_ratio_median")
+    assert f["difference_ci_low"] > 0 and f["noise_ci_high"] < 0
+    assert not f["real"]
 
 
 def test_without_a_baseline_replay_differences_are_tested_against_zero_only():
     result = compare_shadow(noisy(400, cand_ratio=1.1, replay_ratio=None, seed=1), prices=PRICES)
     f = figure(result, "length_ratio_median")
-    assert f["real"] and math.isnan(f["noise_floor"])
+    assert f["real"] and math.isnan(f["noise"]) and math.isnan(f["excess"])
     assert any("no noise floor" in w for w in result.warnings)
     assert math.isnan(figure(result, "latency_ms_p50")["difference"])
     assert not figure(result, "latency_ms_p50")["real"]
@@ -322,7 +331,7 @@ def test_rendering_and_frame():
                             segment="intent", draws=200)  # fmt: skip
     for fmt in ("text", "markdown", "html"):
         out = result.summary(fmt)
-        assert "length_ratio_median" in out and "noise floor" in out
+        assert "length_ratio_median" in out and "excess over noise" in out
     assert result.summary("html").startswith("<h2>")
     table = result.to_frame()
     assert {
@@ -330,7 +339,8 @@ def test_rendering_and_frame():
         "baseline_replay",
         "production",
         "difference",
-        "noise_floor",
+        "noise",
+        "excess",
         "real",
     } <= set(table.columns)
     assert result.real_differences().height == int(table["real"].sum())
