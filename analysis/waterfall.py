@@ -164,20 +164,27 @@ def decompose_change(
     """Split the change of ``numerator / denominator`` from ``before`` to ``after`` into parts.
 
     ``cells`` holds hourly counts: ``hour`` (UTC datetime), ``model_version``, the ``segments``
-    columns, ``numerator`` and ``denominator``; its whole span is the fit window (give it a few
-    weeks around the two windows, so seasonality is learnt). ``annotations`` has ``title``,
-    ``kind`` (one of :data:`ANNOTATION_KINDS`), ``starts_at`` and ``ends_at`` (null: for good).
-    Windows are ``[start, end)``.
+    columns, ``numerator`` and ``denominator``. The fit uses the cells from the first window's
+    start to the last one's end: a longer series learns seasonality better but lets slow drift
+    (churn reshaping the user base, new users maturing) pass for a level shift, which on the
+    simulator biased a seven-week fit by 30-40% where the two-week fit is unbiased.
+    ``annotations`` has ``title``, ``kind`` (one of :data:`ANNOTATION_KINDS`), ``starts_at`` and
+    ``ends_at`` (null: for good). Windows are ``[start, end)``.
     """
     require_columns(cells, ["hour", "model_version", *segments, numerator, denominator])
+    first = _naive_utc(min(before[0], after[0]))
+    last = _naive_utc(max(before[1], after[1]))
     data = (
-        cells.filter(
-            pl.col("model_version").is_in([candidate, baseline]) & (pl.col(denominator) > 0)
-        )
-        .with_columns(
+        cells.with_columns(
             pl.col("hour").dt.replace_time_zone(None),
             pl.col(numerator).cast(pl.Float64),
             pl.col(denominator).cast(pl.Float64),
+        )
+        .filter(
+            pl.col("model_version").is_in([candidate, baseline])
+            & (pl.col(denominator) > 0)
+            & (pl.col("hour") >= first)
+            & (pl.col("hour") < last)
         )
         .sort("hour")
     )

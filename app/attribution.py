@@ -17,6 +17,7 @@ Designs:
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,7 +27,7 @@ import polars as pl
 import analysis
 import warehouse
 
-__all__ = ["DESIGNS", "Attribution", "attribute"]
+__all__ = ["DESIGNS", "Attribution", "SegmentAttributions", "attribute", "attribute_segments"]
 
 Design = Literal["concurrent", "switchover", "population", "retention"]
 DESIGNS: tuple[str, ...] = ("concurrent", "switchover", "population", "retention")
@@ -123,7 +124,7 @@ def attribute(
             f"{since:%Y-%m-%d} and --until {until:%Y-%m-%d}; widen them or shorten --window-days"
         )
     dims = [s for s in (segments or SEGMENTS) if s != "intent" or m.unit is analysis.Unit.RESPONSE]
-    cells = _cells(wh, m, since, until, versions, dims)
+    cells = _cells(wh, m, before[0], after[1], versions, dims)
     if design == "switchover":
         result = analysis.decompose_change(
             cells,
@@ -134,15 +135,12 @@ def attribute(
             before=before,
             after=after,
             segments=dims,
-            annotations=warehouse.annotations(wh, since=since, until=until),
+            annotations=warehouse.annotations(wh, since=before[0], until=after[1]),
             metric=m.name,
         )
         return Attribution(m.name, design, result)
-    windowed = cells.filter(pl.col("hour") >= before[0].replace(tzinfo=dt.UTC)).filter(
-        pl.col("hour") < after[1].replace(tzinfo=dt.UTC)
-    )
     result = analysis.decompose_population_shift(
-        windowed.with_columns(
+        cells.with_columns(
             (pl.col("hour") >= at.replace(tzinfo=dt.UTC)).alias("after"),
             pl.col("hour").dt.date().alias("day"),
         ),
@@ -154,6 +152,113 @@ def attribute(
         metric=m.name,
     )
     return Attribution(m.name, design, result)
+
+
+@dataclass(frozen=True)
+class SegmentAttributions:
+    """The switchover attribution of many metrics in many segments, and where the time went."""
+
+    candidate: str
+    baseline: str
+    at: dt.datetime
+    results: tuple[tuple[str, str, str, Any], ...]
+    """(metric, segment column, segment value, result): a Waterfall, a RetentionComparison, or
+    the reason the pair could not be attributed (a string)."""
+    warehouse_seconds: float
+    analysis_seconds: float
+
+    def to_frame(self) -> pl.DataFrame:
+        """One row per metric and segment: the model's effect with its interval, the observed
+        change, and the population part where there is one (null where none is defined)."""
+        rows = []
+        for metric, column, value, r in self.results:
+            row: dict[str, Any] = {"metric": metric, "segment": column, "value": value}
+            if isinstance(r, analysis.Waterfall):
+                e = r.model_effect
+                row |= {"effect": e.value, "ci_low": e.ci_low, "ci_high": e.ci_high,
+                        "p_value": e.p_value, "observed_change": r.observed_change,
+                        "population_shift": r.part("population shift").value}  # fmt: skip
+            elif isinstance(r, analysis.RetentionComparison):
+                e = r.hazard_ratio
+                row |= {"effect": e.value, "ci_low": e.ci_low, "ci_high": e.ci_high,
+                        "p_value": e.p_value}  # fmt: skip
+            else:
+                row["note"] = str(r)
+            rows.append(row)
+        return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def attribute_segments(
+    wh: warehouse.Warehouse,
+    *,
+    metrics: Sequence[str],
+    candidate: str,
+    baseline: str,
+    at: dt.datetime,
+    window_days: int = 7,
+    segments: Sequence[tuple[str, str]] = (),
+) -> SegmentAttributions:
+    """The switchover waterfall (retention comparison for per-user metrics) of every metric, for
+    all traffic (segment ``("all", "all")``) and for each ``(column, value)`` in ``segments``.
+
+    Reads each rollup once for the two windows and slices it in memory, so many segments cost
+    one query per unit rather than one per pair.
+    """
+    span = dt.timedelta(days=window_days)
+    since, until = at - span, at + span
+    versions = [candidate, baseline]
+    wanted = [analysis.get_metric(name) for name in metrics]
+    started = time.perf_counter()
+    cells: dict[analysis.Unit, pl.DataFrame] = {}
+    for m in wanted:
+        if m.unit not in cells:
+            cells[m.unit] = (
+                warehouse.user_activity(wh, since=since, until=until, model_versions=versions)
+                if m.unit is analysis.Unit.USER
+                else _cells(wh, m, since, until, versions, _dims(m))
+            )
+    notes = warehouse.annotations(wh, since=since, until=until)
+    queried = time.perf_counter()
+    results: list[tuple[str, str, str, Any]] = []
+    for m in wanted:
+        for column, value in [("all", "all"), *segments]:
+            frame = cells[m.unit]
+            if column != "all":
+                if column not in frame.columns:
+                    results.append((m.name, column, value, f"{m.unit.value}s have no {column}"))
+                    continue
+                frame = frame.filter(pl.col(column) == value)
+            try:
+                if m.unit is analysis.Unit.USER:
+                    result: Any = _retention_from(frame, candidate, since, until)
+                else:
+                    result = analysis.decompose_change(
+                        frame,
+                        numerator=m.numerator,
+                        denominator=m.denominator,
+                        candidate=candidate,
+                        baseline=baseline,
+                        before=(since, at),
+                        after=(at, until),
+                        segments=[d for d in _dims(m) if d != column],
+                        annotations=notes,
+                        metric=m.name,
+                    )
+            except analysis.AnalysisError as e:
+                result = str(e)
+            results.append((m.name, column, value, result))
+    return SegmentAttributions(
+        candidate=candidate,
+        baseline=baseline,
+        at=at,
+        results=tuple(results),
+        warehouse_seconds=queried - started,
+        analysis_seconds=time.perf_counter() - queried,
+    )
+
+
+def _dims(m: analysis.Metric) -> list[str]:
+    return [s for s in SEGMENTS if s != "intent" or m.unit is analysis.Unit.RESPONSE]
 
 
 def _cells(
@@ -226,10 +331,15 @@ def _retention(
     """Churn (no response for 7 days) by first-exposed version, users entering at their tenure
     when the window opened (late entry), censored when the window closes."""
     users = warehouse.user_activity(wh, since=since, until=until, model_versions=versions)
+    return _retention_from(users, candidate, since, until)
+
+
+def _retention_from(
+    users: pl.DataFrame, candidate: str, since: dt.datetime, until: dt.datetime
+) -> analysis.RetentionComparison:
     if users.is_empty():
         raise analysis.InsufficientDataError(
-            f"no users of {versions[0]} or {versions[1]} between {since:%Y-%m-%d} and "
-            f"{until:%Y-%m-%d}"
+            f"no users between {since:%Y-%m-%d} and {until:%Y-%m-%d}"
         )
     day = 86_400.0
     start, end = since.replace(tzinfo=dt.UTC), until.replace(tzinfo=dt.UTC)

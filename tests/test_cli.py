@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 import warehouse
+from app.attribution import attribute_segments
+from ingest import EventSink, Scenario, backfill, scenario_annotations, write_files
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -98,24 +101,30 @@ def test_cluster_ddl_is_printed(tmp_path):
     assert "Distributed(prod" in ddl.stdout
 
 
-def test_attribute_designs_across_the_full_switch(tmp_path):
+@pytest.fixture(scope="module")
+def switch_weeks(tmp_path_factory) -> str:
     """Three weeks around the full switch (50% -> 100% on 2026-10-06), ingested through the
-    backfill path with the scenario's annotations: the waterfall, the mix decomposition and
-    7-day retention all come out of the CLI, with parts that add up."""
-    from ingest import EventSink, Scenario, backfill, scenario_annotations, write_files
-
+    backfill path, with the scenario's annotations; the warehouse URL."""
+    tmp = tmp_path_factory.mktemp("switch")
     base = Scenario.default()
     sc = base.evolve(
         start=dt.date(2026, 9, 22),
         days=21,
         population=base.population.model_copy(update={"initial_users": 1500}),
     )
-    sim = write_files(sc, tmp_path / "sim", seed=3)
-    url = f"chdb://{tmp_path}/wh"
+    sim = write_files(sc, tmp / "sim", seed=3)
+    url = f"chdb://{tmp}/wh"
     with warehouse.connect(url) as wh:
         warehouse.migrate(wh)
         backfill(EventSink(wh), list(sim.event_files), progress=False)
         warehouse.record_annotations(wh, scenario_annotations(sc))
+    return url
+
+
+def test_attribute_designs_across_the_full_switch(switch_weeks, tmp_path):
+    """The waterfall, the mix decomposition and 7-day retention all come out of the CLI, with
+    parts that add up."""
+    url = switch_weeks
     args = [
         "attribute", "--model-version", "assistant-2026-09", "--baseline", "assistant-2026-08",
         "--since", "2026-09-22", "--until", "2026-10-13", "-w", url, "--format", "json",
@@ -131,7 +140,7 @@ def test_attribute_designs_across_the_full_switch(tmp_path):
     assert explained == pytest.approx(report["observed"]["change"], abs=1e-9)
     assert report["candidate_share"][0] == pytest.approx(0.5, abs=0.1)
     assert report["candidate_share"][1] == pytest.approx(1.0, abs=0.01)
-    assert len(report["counterfactual"]) > 400  # one row per hour of the three weeks
+    assert len(report["counterfactual"]) == 14 * 24  # one row per hour of the two windows
     sessions = telltale(*args, "--metric", "session_turns", "--design", "switchover",
                         "--at", "2026-10-06", cwd=tmp_path)  # fmt: skip
     assert sessions.returncode == 0, sessions.stderr[-3000:]
@@ -146,3 +155,26 @@ def test_attribute_designs_across_the_full_switch(tmp_path):
     text = telltale(*args[:-2], "--metric", "thumbs_down_rate", "--design", "switchover",
                     "--at", "2026-10-06", cwd=tmp_path)  # fmt: skip
     assert "population shift" in text.stdout and "unexplained" in text.stdout
+
+
+def test_every_metric_in_every_segment_from_one_read_per_rollup(switch_weeks):
+    with warehouse.connect(switch_weeks) as wh:
+        found = attribute_segments(
+            wh,
+            metrics=["thumbs_down_rate", "session_turns", "retention_d7"],
+            candidate="assistant-2026-09",
+            baseline="assistant-2026-08",
+            at=dt.datetime(2026, 10, 6),
+            segments=[("platform", "web"), ("intent", "coding")],
+        )
+    frame = found.to_frame()
+    assert frame.height == 9  # 3 metrics x (all traffic + 2 segments)
+    # sessions and users carry no intent: said, not guessed
+    notes = frame.filter(pl.col("segment") == "intent")
+    assert notes.filter(pl.col("metric") == "thumbs_down_rate")["effect"].is_not_null().all()
+    assert (
+        notes.filter(pl.col("metric") != "thumbs_down_rate")["note"].str.contains("no intent").all()
+    )
+    web = frame.filter((pl.col("metric") == "thumbs_down_rate") & (pl.col("value") == "web"))
+    assert web["ci_low"][0] < web["effect"][0] < web["ci_high"][0]
+    assert found.warehouse_seconds > 0 and found.analysis_seconds > 0

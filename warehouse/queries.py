@@ -370,7 +370,8 @@ def user_activity(
 ) -> pl.DataFrame:
     """One row per user with a response of the given versions in ``[since, until)``: the
     version of their first response there (``first_version``), ``first_seen``, ``last_seen``
-    (any version, up to ``until``), and their tenure in days at ``first_seen``."""
+    (any version, up to ``until``), their tenure in days at ``first_seen``, and the locale and
+    platform of their first response in the window."""
     db = wh.database
     return wh.query_frame(
         f"""
@@ -379,7 +380,8 @@ def user_activity(
             minIf(ts, model_version IN {{versions:Array(String)}}) AS first_seen,
             max(ts) AS last_seen,
             argMinIf(user_tenure_days, ts, model_version IN {{versions:Array(String)}})
-                AS tenure_days
+                AS tenure_days,
+            argMin(locale, ts) AS locale, argMin(platform, ts) AS platform
         FROM {db}.responses FINAL
         WHERE ts >= {{since:DateTime64(3)}} AND ts < {{until:DateTime64(3)}}
         GROUP BY user_id
