@@ -42,7 +42,7 @@ class Estimate:
 
     @classmethod
     def from_se(
-        cls, term: str, value: float, se: float, *, confidence: float, df: int | None = None
+        cls, term: str, value: float, se: float, *, confidence: float, df: float | None = None
     ) -> Self:
         """A symmetric interval and two-sided p-value: Student's t on ``df`` degrees of freedom,
         or the normal when ``df`` is None. The p-value is NaN when ``se`` is not positive."""

@@ -10,11 +10,12 @@ shape of the warehouse's hourly rollup) explains each cell's rate by
 weighted by the cell's denominator. Every part of the waterfall is then a fixed linear
 combination of the coefficients: the change, between the windows, of the denominator-weighted
 mean of that part's columns, times the part's coefficients. Its standard error follows from the
-coefficients' covariance, a jackknife over days (hours of one day share shocks: weather, news,
-an outage). The delete-one-day jackknife (CR3) rather than the usual sandwich (CR1): the model
-and an annotated change are often told apart by a handful of days, and with so few informative
-clusters the sandwich runs small (86% coverage of a planted effect where the jackknife gives
-95%). ``unexplained`` is the change in the weighted mean residual: it is what the model does
+coefficients' covariance, clustered by day (hours of one day share shocks: weather, news,
+an outage), in its bias-reduced form (CR2) with Satterthwaite degrees of freedom. The usual
+sandwich (CR1) runs small here: two one-week windows are 14 clusters, and the weekly
+seasonality takes most of the day-to-day variation with it (89% coverage of a planted effect);
+the delete-a-day jackknife over-corrects (99%); CR2 covers it in 95.5% of 200 runs.
+``unexplained`` is the change in the weighted mean residual: it is what the model does
 not know, so it carries no interval.
 
 The same fit is an interrupted time series when one version replaces the other (``delta`` is
@@ -226,14 +227,12 @@ def decompose_change(
         spans[name] = slice(start, start + len(cols))
         start += len(cols)
 
-    xw = x * w[:, None]
-    gram = x.T @ xw
-    moment = xw.T @ y
-    beta = np.linalg.pinv(gram) @ moment
+    gram = x.T @ (x * w[:, None])
+    beta = np.linalg.pinv(gram) @ (x.T @ (w * y))
     resid = y - x @ beta
-    cov = _jackknife_by_day(days, x, xw, y, gram, moment, beta)
+    robust = _ByDay(days, x, w, resid, gram)
+    cov = robust.cov
     n, k = x.shape
-    df_t = n_days - 1
     warnings: list[str] = []
     rank = np.linalg.matrix_rank(gram)
     if rank < k:
@@ -263,16 +262,20 @@ def decompose_change(
         c = np.zeros(k)
         c[spans[name]] = d[spans[name]]
         se = float(np.sqrt(max(c @ cov @ c, 0.0)))
-        parts.append(Estimate.from_se(name, float(c @ beta), se, confidence=confidence, df=df_t))
+        df_c = robust.df(c) if se > 0 else None
+        parts.append(Estimate.from_se(name, float(c @ beta), se, confidence=confidence, df=df_c))
     nan = float("nan")
     parts.append(Estimate("unexplained", r_after - r_before, nan, nan, nan, nan))
     m = spans["model"].start
+    unit = np.zeros(k)
+    unit[m] = 1.0
+    df_model = robust.df(unit)
     model_effect = Estimate.from_se(
         "model effect at full exposure",
         float(beta[m]),
         float(np.sqrt(cov[m, m])),
         confidence=confidence,
-        df=df_t,
+        df=df_model,
     )
     share = (float(x_before[m]), float(x_after[m]))
     if abs(share[1] - share[0]) < 0.05:
@@ -281,7 +284,7 @@ def decompose_change(
             f"{share[1]:.0%}): the model part is near zero by construction; read the model "
             "effect at full exposure instead"
         )
-    counterfactual = _counterfactual(data, x, y, w, beta, cov, spans["model"], confidence, df_t)
+    counterfactual = _counterfactual(data, x, y, w, beta, cov, spans["model"], confidence, df_model)
     return Waterfall(
         metric=metric or f"{numerator}/{denominator}",
         candidate=candidate,
@@ -309,34 +312,59 @@ def decompose_change(
     )
 
 
-def _jackknife_by_day(
-    days: np.ndarray,
-    x: np.ndarray,
-    xw: np.ndarray,
-    y: np.ndarray,
-    gram: np.ndarray,
-    moment: np.ndarray,
-    beta: np.ndarray,
-) -> np.ndarray:
-    """Delete-one-day jackknife covariance of the coefficients, (G-1)/G sum (b_-g - b)(...)'.
+class _ByDay:
+    """Cluster-robust covariance by day, bias-reduced (CR2, Bell and McCaffrey 2002), with
+    Satterthwaite degrees of freedom per contrast (Imbens and Kolesar 2016; Pustejovsky and
+    Tipton 2018).
 
-    Each refit reuses the full normal equations minus the day's share, so it costs one small
-    solve per day. A day that alone identifies a coefficient (a one-day holiday) leaves it
-    unidentified without that day; the pseudo-inverse then sets it to zero, which widens its
-    own interval, as it should.
+    Each day's residuals are inflated by ``(I - H_gg)^(-1/2)``, the inverse square root of what
+    the fit leaves of that day; ``H_gg`` has rank at most the number of columns, so its
+    eigen-decomposition comes from a columns x columns problem per day, never a cells x cells
+    one. The degrees of freedom come from the same pieces.
     """
-    order = np.argsort(days, kind="stable")
-    _, starts = np.unique(days[order], return_index=True)
-    bounds = [*starts, len(days)]
-    deltas = []
-    for lo, hi in itertools.pairwise(bounds):
-        rows = order[lo:hi]
-        g_gram = x[rows].T @ xw[rows]
-        g_moment = xw[rows].T @ y[rows]
-        deltas.append(np.linalg.pinv(gram - g_gram) @ (moment - g_moment) - beta)
-    d = np.array(deltas)
-    g = len(deltas)
-    return (g - 1) / g * d.T @ d
+
+    def __init__(
+        self, days: np.ndarray, x: np.ndarray, w: np.ndarray, resid: np.ndarray, gram: np.ndarray
+    ) -> None:
+        self.bread = np.linalg.pinv(gram)
+        vals, vecs = np.linalg.eigh(self.bread)
+        half = (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
+        order = np.argsort(days, kind="stable")
+        _, starts = np.unique(days[order], return_index=True)
+        meat = np.zeros_like(gram)
+        self._days: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        for lo, hi in itertools.pairwise([*starts, len(days)]):
+            rows = order[lo:hi]
+            xg, wg = x[rows], w[rows]
+            gram_g = xg.T @ (xg * wg[:, None])
+            score = xg.T @ (wg * resid[rows])
+            lam, v = np.linalg.eigh(half @ gram_g @ half)
+            keep = lam > 1e-10
+            # A day that alone identifies a direction (a one-day holiday) has eigenvalue 1 there:
+            # its residual carries no information about that direction, and is left as it is.
+            lam = lam[keep]
+            inflate = np.where(lam < 1 - 1e-9, 1 / np.sqrt(np.clip(1 - lam, 1e-18, None)) - 1, 0.0)
+            r = half @ v[:, keep] / np.sqrt(lam)
+            zq = gram_g @ r
+            u = score + zq @ (inflate * (r.T @ score))
+            meat += np.outer(u, u)
+            self._days.append((gram_g, r, zq, inflate))
+        self.cov = self.bread @ meat @ self.bread
+
+    def df(self, c: np.ndarray) -> float:
+        """Satterthwaite degrees of freedom of the contrast ``c @ beta`` (working model: the
+        cells' weighted errors independent and equal in variance)."""
+        a = self.bread @ c
+        norms, cols = [], []
+        for gram_g, r, zq, inflate in self._days:
+            za = r.T @ (gram_g @ a)
+            t = inflate * za
+            norms.append(a @ gram_g @ a + 2 * za @ t + t @ t)
+            cols.append(gram_g @ a + zq @ t)
+        zp = np.column_stack(cols)
+        m = np.diag(norms) - zp.T @ self.bread @ zp
+        tr = float(np.trace(m))
+        return tr * tr / float(np.sum(m * m)) if tr > 0 else float(len(self._days) - 1)
 
 
 def _counterfactual(
@@ -348,7 +376,7 @@ def _counterfactual(
     cov: np.ndarray,
     model: slice,
     confidence: float,
-    df_t: int,
+    df_t: float,
 ) -> pl.DataFrame:
     """Per hour: what was observed, what the fit expects, and what it expects had the candidate
     never served, with a band for the latter (coefficient uncertainty plus the hourly noise)."""

@@ -139,3 +139,39 @@ def test_too_little_history_is_refused_with_the_reason():
     with pytest.raises(InsufficientDataError, match="days of cells"):
         run(frame, annotations=None, before=(START, START + dt.timedelta(days=2)),
             after=(START + dt.timedelta(days=2), START + dt.timedelta(days=4)))  # fmt: skip
+
+
+def test_cr2_by_day_matches_the_dense_textbook_formula():
+    """The low-rank CR2 and its Satterthwaite degrees of freedom equal the dense formulas:
+    V = B^-1 sum_g Z_g' A_g e_g e_g' A_g Z_g B^-1 with A_g = (I - H_gg)^(-1/2), and
+    df = tr(M)^2 / tr(M^2) with M = P'(I - H)P (Pustejovsky and Tipton 2018)."""
+    from scipy.linalg import sqrtm
+
+    from analysis.waterfall import _ByDay
+
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(5, 12, 6)
+    days = np.repeat(np.arange(6), sizes)
+    n = len(days)
+    x = np.column_stack(
+        [np.ones(n), rng.normal(size=n), (days >= 3).astype(float), rng.normal(size=n)]
+    )
+    w = rng.uniform(0.5, 3, n)
+    y = x @ [1, 2, 0.5, -1] + rng.normal(size=n) + rng.normal(size=6)[days]
+    gram = x.T @ (x * w[:, None])
+    resid = y - x @ np.linalg.solve(gram, x.T @ (w * y))
+    fast = _ByDay(days, x, w, resid, gram)
+
+    bread = np.linalg.inv(gram)
+    z, e = np.sqrt(w)[:, None] * x, np.sqrt(w) * resid
+    c = np.array([0.0, 0.0, 1.0, 0.0])
+    meat, p = np.zeros((4, 4)), np.zeros((n, 6))
+    for g in range(6):
+        on = days == g
+        a = np.real(sqrtm(np.linalg.inv(np.eye(on.sum()) - z[on] @ bread @ z[on].T)))
+        u = z[on].T @ a @ e[on]
+        meat += np.outer(u, u)
+        p[on, g] = a @ z[on] @ bread @ c
+    m = p.T @ (np.eye(n) - z @ bread @ z.T) @ p
+    np.testing.assert_allclose(fast.cov, bread @ meat @ bread, atol=1e-12)
+    assert fast.df(c) == pytest.approx(np.trace(m) ** 2 / np.trace(m @ m), rel=1e-10)
