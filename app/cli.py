@@ -47,6 +47,11 @@ app = typer.Typer(
 warehouse_app = typer.Typer(help="Create, inspect and describe the ClickHouse warehouse.")
 app.add_typer(warehouse_app, name="warehouse")
 app.add_typer(shadow_app, name="shadow")
+annotate_app = typer.Typer(
+    help="Record product changes (UI releases, holidays, incidents, rollouts): the waterfall "
+    "separates them from the model's effect."
+)
+app.add_typer(annotate_app, name="annotate")
 
 WarehouseUrl = Annotated[
     str | None,
@@ -304,6 +309,75 @@ def warehouse_stats(url: WarehouseUrl = None) -> None:
         _print_frame(
             _daily_table(warehouse.daily_summary(wh)), "daily summary (from the hourly rollup)"
         )
+
+
+@annotate_app.command("add")
+def annotate_add(
+    kind: Annotated[str, typer.Option(help=f"One of: {', '.join(analysis.ANNOTATION_KINDS)}.")],
+    title: Annotated[str, typer.Option(help="What changed, as people call it.")],
+    starts: Annotated[
+        dt.datetime,
+        typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"], help="When it started (UTC)."),
+    ],
+    ends: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"],
+            help="When it ended (UTC); leave out for a change that stays (a release).",
+        ),
+    ] = None,
+    model_version: Annotated[str, typer.Option(help="For a model rollout: the version.")] = "",
+    annotation_id: Annotated[
+        str | None,
+        typer.Option("--id", help="Stable id; recording the same id again replaces it."),
+    ] = None,
+    url: WarehouseUrl = None,
+) -> None:
+    """Record one product change.
+
+    [bold]Examples[/]
+
+      telltale annotate add --kind ui_release --title "rating UI v2" --starts 2026-10-13
+
+      telltale annotate add --kind holiday --title "Labor Day" --starts 2026-09-07 \\
+        --ends 2026-09-08
+    """
+    if kind not in analysis.ANNOTATION_KINDS:
+        raise _fail(f"--kind must be one of {', '.join(analysis.ANNOTATION_KINDS)}, not {kind!r}")
+    if ends is not None and ends <= starts:
+        raise _fail("--ends must come after --starts")
+    frame = pl.DataFrame(
+        {
+            "id": [annotation_id or f"{kind}:{starts:%Y-%m-%dT%H:%M}:{title}"],
+            "kind": [kind],
+            "title": [title],
+            "starts_at": [starts.replace(tzinfo=dt.UTC)],
+            "ends_at": [ends.replace(tzinfo=dt.UTC) if ends else None],
+            "model_version": [model_version],
+        },
+        schema_overrides={"ends_at": pl.Datetime("us", "UTC")},
+    )
+    with _open(url) as wh:
+        try:
+            warehouse.record_annotations(wh, frame)
+        except warehouse.WarehouseError as e:
+            raise _fail(str(e)) from None
+    console.print(f"recorded {kind} {title!r} from {starts:%Y-%m-%d %H:%M} UTC")
+
+
+@annotate_app.command("list")
+def annotate_list(
+    since: Annotated[
+        dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="From this day.")
+    ] = dt.datetime(2000, 1, 1),
+    until: Annotated[
+        dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Until this day.")
+    ] = dt.datetime(2100, 1, 1),
+    url: WarehouseUrl = None,
+) -> None:
+    """The recorded product changes that overlap a period, oldest first."""
+    with _open(url) as wh:
+        _print_frame(warehouse.annotations(wh, since=since, until=until), "annotations")
 
 
 @app.command()

@@ -178,3 +178,16 @@ def test_every_metric_in_every_segment_from_one_read_per_rollup(switch_weeks):
     web = frame.filter((pl.col("metric") == "thumbs_down_rate") & (pl.col("value") == "web"))
     assert web["ci_low"][0] < web["effect"][0] < web["ci_high"][0]
     assert found.warehouse_seconds > 0 and found.analysis_seconds > 0
+
+
+def test_annotations_are_recorded_listed_and_checked(tmp_path):
+    url = f"chdb://{tmp_path}/wh"
+    add = ["annotate", "add", "-w", url, "--kind", "ui_release", "--title", "rating UI v2"]
+    assert telltale(*add, "--starts", "2026-10-13", cwd=tmp_path).returncode == 0
+    again = telltale(*add, "--starts", "2026-10-13", cwd=tmp_path)  # same id: replaced, not doubled
+    assert again.returncode == 0
+    listed = telltale("annotate", "list", "-w", url, cwd=tmp_path)
+    assert listed.stdout.count("rating UI v2") == 2  # id and title of one row
+    bad = telltale("annotate", "add", "-w", url, "--kind", "holday", "--title", "x",
+                   "--starts", "2026-09-07", cwd=tmp_path)  # fmt: skip
+    assert bad.returncode == 1 and "holiday" in bad.stderr and "Traceback" not in bad.stderr
