@@ -7,10 +7,12 @@ import datetime as dt
 import json
 import secrets
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 import shadow
 import warehouse
@@ -157,6 +159,12 @@ def run(
     max_output_tokens: Annotated[
         int | None, typer.Option(help="Cap each request's max_tokens (production's value).")
     ] = None,
+    temperature: Annotated[
+        float | None,
+        typer.Option(
+            help="Replace every request's temperature (0: greedy; default: production's)."
+        ),
+    ] = None,
     run_id: Annotated[
         str | None, typer.Option(help="Run id (default: a new one, printed at the start).")
     ] = None,
@@ -203,6 +211,7 @@ def run(
         "max_requests": max_requests,
         "max_tokens": max_tokens,
         "max_output_tokens": max_output_tokens,
+        "temperature": temperature,
     }
     flags = {k: v for k, v in flags.items() if v is not None}
     with _warehouse(url) as wh:
@@ -261,25 +270,29 @@ def run(
                 f"{sample.strata.height} strata; {sample.redaction.total:,} PII items redacted",
                 highlight=False,
             )
-            targets = (
-                {
-                    "candidate": shadow.LLMTarget(
-                        in_process, model=settings.candidate_model, **_engine_args(engine_arg or [])
-                    )
-                }
+            local = (
+                shadow.LLMTarget(
+                    in_process, model=settings.candidate_model, **_engine_args(engine_arg or [])
+                )
                 if in_process
                 else None
             )
-            runner = shadow.ShadowRunner(wh, settings, targets=targets, progress=progress)
-            summary = asyncio.run(
-                runner.run(
-                    sample.samples,
-                    run_id=run_id,
-                    resume=resume,
-                    retry_failed=retry_failed,
-                    sample_spec=spec,
-                )
+            runner = shadow.ShadowRunner(
+                wh, settings, targets=local and {"candidate": local}, progress=progress
             )
+            try:
+                summary = asyncio.run(
+                    runner.run(
+                        sample.samples,
+                        run_id=run_id,
+                        resume=resume,
+                        retry_failed=retry_failed,
+                        sample_spec=spec,
+                    )
+                )
+            finally:
+                if local is not None:
+                    local.close()
         except shadow.ShadowError as e:
             raise _error(str(e)) from None
     out.print(summary.summary("text"), markup=False, highlight=False)
@@ -295,42 +308,66 @@ def run(
 def report(
     run_id: Annotated[str, typer.Argument(help="The run to report on.")],
     fmt: Annotated[str, typer.Option("--format", help="text, markdown, html or json.")] = "text",
+    segment: Annotated[
+        str | None,
+        typer.Option(help="Also break the figures down by intent, locale, platform or cohort."),
+    ] = None,
+    prices: Annotated[
+        Path | None,
+        typer.Option(help="TOML price table adding to / replacing the bundled one (USD / 1M)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     url: Warehouse = None,
 ) -> None:
     """How the candidate compares with production on a run's samples.
 
+    Per arm (and per --segment): output length vs production, refusals, errors and timeouts,
+    TTFT / TPOT / latency percentiles, tokens and cost, expected-answer checks, judge win rates;
+    with a baseline_replay arm, a difference counts as real only above the replay's own noise.
+
     [bold]Example[/]
 
-      telltale shadow report oct-rc1 --format markdown > review.md
+      telltale shadow report oct-rc1 --format markdown --segment intent > review.md
     """
     if fmt not in ("text", "markdown", "html", "json"):
         raise _error(f"--format must be text, markdown, html or json, not {fmt!r}")
     with _warehouse(url) as wh:
-        run_ = warehouse.shadow_run(wh, run_id)
-        if run_ is None:
+        stored = warehouse.shadow_run(wh, run_id)
+        if stored is None:
             raise _error(f"no run {run_id!r}: `telltale shadow runs` lists them")
-        figures = warehouse.shadow_arm_figures(wh, run_id)
-    header = (
-        f"shadow run {run_id} ({run_['status']}): candidate {run_['candidate_model']}, "
-        f"{run_['sample_size']:,} samples"
-    )
+        results = warehouse.shadow_results(wh, run_id)
+        judgments = warehouse.shadow_judgments(wh, run_id)
+    if not results.height:
+        raise _error(f"run {run_id!r} has no stored results yet")
+    try:
+        comparison = shadow.compare_shadow(
+            results,
+            judgments if judgments.height else None,
+            prices=shadow.load_prices(prices),
+            segment=segment,
+            seed=seed,
+        )
+    except shadow.ShadowError as e:
+        raise _error(str(e)) from None
     if fmt == "json":
-        out.print_json(data={"run": run_, "arms": figures.to_dicts()}, default=str)
+        out.print_json(
+            data={
+                "run": stored,
+                "samples_compared": comparison.n_samples,
+                "figures": comparison.to_frame().to_dicts(),
+                "real_differences": comparison.real_differences().to_dicts(),
+                "assumptions": list(comparison.assumptions),
+                "warnings": list(comparison.warnings),
+            },
+            default=str,
+        )
         return
-    out.print(header, markup=False, highlight=False)
-    out.print(_render(figures, fmt), markup=False, highlight=False, soft_wrap=True)
-
-
-def _render(frame: Any, fmt: str) -> str:
-    cells = [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r] for r in frame.rows()]
-    if fmt == "markdown":
-        lines = [f"| {' | '.join(frame.columns)} |", "|" + "---|" * frame.width]
-        return "\n".join(lines + [f"| {' | '.join(r)} |" for r in cells])
-    if fmt == "html":
-        head = "".join(f"<th>{c}</th>" for c in frame.columns)
-        body = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in r) + "</tr>" for r in cells)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-    return frame.__repr__()
+    out.print(
+        f"shadow run {run_id} ({stored['status']}, {stored['sample_size']:,} samples)",
+        markup=False,
+        highlight=False,
+    )
+    out.print(comparison.summary(fmt), markup=False, highlight=False, soft_wrap=True)
 
 
 @shadow_app.command("runs")
@@ -338,4 +375,9 @@ def runs(url: Warehouse = None) -> None:
     """List shadow runs, newest first, with their status and stored results."""
     with _warehouse(url) as wh:
         frame = warehouse.shadow_runs(wh)
-    out.print(_render(frame, "markdown"), markup=False, highlight=False)
+    table = Table(title="shadow runs", title_justify="left")
+    for name in frame.columns:
+        table.add_column(name)
+    for row in frame.iter_rows():
+        table.add_row(*(str(v) for v in row))
+    out.print(table)

@@ -257,7 +257,7 @@ class ShadowRunner:
             {"runner": json.loads(self._settings.public_json()), "sample": sample_spec or {}},
             default=str,
         )
-        run = _Run(self, run_id, targets, work)
+        run = _Run(self._wh, self._settings, run_id, targets, work)
 
         def record(status: str) -> None:
             warehouse.record_shadow_run(
@@ -276,7 +276,7 @@ class ShadowRunner:
         record("running")
         started = time.perf_counter()
         try:
-            await run.execute()
+            await run.execute(self._console if self._progress else None)
         except BaseException:
             with contextlib.suppress(warehouse.WarehouseError):
                 record("failed")
@@ -304,18 +304,17 @@ class _Run:
 
     def __init__(
         self,
-        runner: ShadowRunner,
+        wh: warehouse.Warehouse,
+        settings: ShadowSettings,
         run_id: str,
         targets: Mapping[str, Target | LLMTarget],
         work: list[tuple[Sample, str]],
     ) -> None:
-        s = runner._settings
-        self.settings = s
-        self.wh = runner._wh
+        self.wh = wh
+        self.settings = settings
         self.run_id = run_id
         self.targets = targets
         self.work = work
-        self.runner = runner
         self.stop_reason = ""
         self.sent = 0
         self.tokens = 0
@@ -323,7 +322,10 @@ class _Run:
         self.counts = {"ok": 0, "error": 0, "timeout": 0}
         self.buffer: list[tuple[Any, ...]] = []
         self.buffer_full = asyncio.Event()
-        self.arrivals = _Arrivals(s.rate, s.burstiness, s.seed) if s.rate else None
+        self.closing = False
+        self.arrivals = (
+            _Arrivals(settings.rate, settings.burstiness, settings.seed) if settings.rate else None
+        )
         self.tasks: list[asyncio.Task[None]] = []
         self.progress: Progress | None = None
         self.task_id: Any = None
@@ -357,14 +359,16 @@ class _Run:
         return not self.stop_reason
 
     def request(self, sample: Sample) -> ChatRequest:
-        """The request replaying ``sample``, its max_tokens capped by ``max_output_tokens``."""
+        """The request replaying ``sample``: max_tokens capped by ``max_output_tokens``,
+        temperature replaced by ``temperature`` when set."""
         cap = self.settings.max_output_tokens
         max_tokens = sample.max_tokens
         if cap is not None:
             max_tokens = cap if max_tokens is None else min(max_tokens, cap)
-        return ChatRequest(
-            sample.sample_id, sample.messages, sample.temperature, max_tokens, sample.stop
-        )
+        temperature = self.settings.temperature
+        if temperature is None:
+            temperature = sample.temperature
+        return ChatRequest(sample.sample_id, sample.messages, temperature, max_tokens, sample.stop)
 
     # -- results ---------------------------------------------------------------------------
 
@@ -408,7 +412,9 @@ class _Run:
         self.written += len(rows)
 
     async def _writer(self) -> None:
-        while True:
+        # Never cancelled mid-write (a cancelled insert may or may not land): it is asked to
+        # stop, and finishes the write under way.
+        while not self.closing:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.write_interval_s):
                     await self.buffer_full.wait()
@@ -446,8 +452,9 @@ class _Run:
             for sample, c in zip(chunk, completions, strict=True):
                 self.add(sample, arm, target.model, c)
 
-    async def execute(self) -> None:
-        """Run every worker and the writer; stop on a signal or the budget; write what finished."""
+    async def execute(self, console: Console | None) -> None:
+        """Run every worker and the writer; stop on a signal or the budget; write what finished.
+        With a ``console``, show a progress bar on it."""
         http = iter([(s, a) for s, a in self.work if not isinstance(self.targets[a], LLMTarget)])
         batched = {a: [s for s, b in self.work if b == a]
                    for a, t in self.targets.items() if isinstance(t, LLMTarget)}  # fmt: skip
@@ -460,12 +467,13 @@ class _Run:
         self.tasks = [asyncio.create_task(self._http_worker(http)) for _ in range(workers)]
         self.tasks += [asyncio.create_task(self._batch_worker(a, s)) for a, s in batched.items()]
         writer = asyncio.create_task(self._writer())
-        with self._progress_bar():
+        with self._progress_bar(console):
             try:
                 await self._wait_workers(writer)
             finally:
-                writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                self.closing = True
+                self.buffer_full.set()
+                with contextlib.suppress(ShadowError):  # raised already from _wait_workers
                     await writer
                 if handle_signals:
                     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -491,8 +499,8 @@ class _Run:
             self.stop("cancelled before every request was sent")
 
     @contextlib.contextmanager
-    def _progress_bar(self) -> Iterator[None]:
-        if not self.runner._progress:
+    def _progress_bar(self, console: Console | None) -> Iterator[None]:
+        if console is None:
             yield
             return
         with Progress(
@@ -502,7 +510,7 @@ class _Run:
             _RateColumn(),
             TextColumn("{task.fields[errors]} errors"),
             TimeRemainingColumn(),
-            console=self.runner._console,
+            console=console,
         ) as bar:
             self.progress = bar
             self.task_id = bar.add_task(self.run_id, total=len(self.work), errors=0)

@@ -114,6 +114,12 @@ class ShadowSettings(BaseSettings):
         "recorded none); unset: production's value as recorded. "
         "TELLTALE_SHADOW_MAX_OUTPUT_TOKENS.",
     )
+    temperature: float | None = Field(
+        None,
+        ge=0,
+        description="Replace every request's temperature (0: greedy, to compare models without "
+        "sampling noise); unset: production's value as recorded. TELLTALE_SHADOW_TEMPERATURE.",
+    )
     write_batch_rows: int = Field(
         32,
         ge=1,

@@ -346,7 +346,8 @@ class LLMTarget:
     """``vllm.LLM`` in this process (``pip install telltale[vllm]``), batch by batch.
 
     ``engine_args`` go to ``vllm.LLM`` (``dtype``, ``max_model_len``, ``tensor_parallel_size``,
-    ...). ``model`` is the name stored with the results (default: the model path).
+    ...). ``model`` is the name stored with the results (default: the model path). Close it (or
+    use it as a context manager) to stop the engine's processes.
     """
 
     def __init__(self, model_path: str, *, model: str | None = None, **engine_args: Any) -> None:
@@ -360,6 +361,16 @@ class LLMTarget:
         self._llm = vllm.LLM(model=model_path, **engine_args)
         self._defaults = self._llm.get_default_sampling_params()
         self.model = model or model_path
+
+    def close(self) -> None:
+        """Stop the engine's processes (they would otherwise keep this process from exiting)."""
+        self._llm.llm_engine.engine_core.shutdown()
+
+    def __enter__(self) -> LLMTarget:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _params(self, request: ChatRequest) -> Any:
         params = self._defaults.clone()

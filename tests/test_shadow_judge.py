@@ -12,7 +12,6 @@ import numpy as np
 import polars as pl
 import pytest
 import statsmodels.api as sm
-from fault_proxy import FaultProxy
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,6 +25,8 @@ from shadow import (
 )
 from shadow.judge import _fit_logistic_batch
 from warehouse import SHADOW_JUDGMENT_SCHEMA
+
+from fault_proxy import FaultProxy
 
 T0 = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
 

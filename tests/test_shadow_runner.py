@@ -3,14 +3,39 @@ chdb and a real vLLM server (with a fault-injecting proxy between them where fau
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import polars as pl
+import pytest
 
+import shadow
 import warehouse
 from warehouse import schema
 
+import shadow_traffic
+from fault_proxy import FaultProxy
+from shadow_traffic import HANDMADE_INTENT, SINCE, UNTIL, VERSION
+from vllm_server import VLLM_TEST_ENV, running_requests
+
 UTC = dt.UTC
+REPO = Path(__file__).resolve().parent.parent
+WINDOW = {"since": SINCE, "until": UNTIL, "model_versions": [VERSION]}
+EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
+PHONE = re.compile(r"\+?\(?\d{2,4}\)?[ -]\d{3,4}[ -]?\d{3,4}")
 
 
 def _result(sample_id: str, arm: str, *, status: str = "ok", at: int = 0, **over) -> dict:
@@ -103,18 +128,6 @@ def test_judgments_round_trip(wh):
     assert got.select("order", "verdict").rows() == [("ab", "A"), ("ba", "tie")]
 
 
-def test_arm_figures_summarise_stored_results(wh):
-    rows = [_result(f"s{i}", "candidate", latency_ms=float(i)) for i in range(1, 11)]
-    rows.append(_result("s11", "candidate", status="timeout", completion_tokens=0))
-    rows.append(_result("s1", "baseline_replay", model="prod"))
-    warehouse.insert_shadow_results(wh, pl.DataFrame(rows))
-    fig = warehouse.shadow_arm_figures(wh, "run-1")
-    cand = fig.filter(pl.col("arm") == "candidate").row(0, named=True)
-    assert (cand["requests"], cand["ok"], cand["timeouts"]) == (11, 10, 1)
-    assert 5.0 <= cand["latency_ms_p50"] <= 6.0
-    assert cand["length_ratio"] == 16 / 40
-
-
 def test_shadow_tables_replicate_on_a_cluster():
     ddl = schema.render_tables(schema.SHADOW_TABLES, cluster="c1", database="prod")
     for t in schema.SHADOW_TABLES:
@@ -134,3 +147,389 @@ def test_shadow_tables_replicate_on_a_cluster():
         )
     single = schema.render_tables(schema.SHADOW_TABLES)
     assert all("ReplacingMergeTree(" in s and "Replicated" not in s for s in single)
+
+
+# =============================================================================
+# Fixtures: a warehouse of simulated traffic (built once, copied per test), runner settings
+# =============================================================================
+
+
+@pytest.fixture(scope="module")
+def traffic(tmp_path_factory) -> Path:
+    """A closed embedded warehouse holding one simulated day plus the hand-made conversations."""
+    tmp = tmp_path_factory.mktemp("shadow-traffic")
+    with warehouse.connect(f"chdb://{tmp}/warehouse") as wh:
+        warehouse.migrate(wh)
+        shadow_traffic.fill(wh, tmp)
+    return tmp / "warehouse"
+
+
+@pytest.fixture
+def traffic_copy(traffic, tmp_path) -> Path:
+    """This test's own copy of the traffic warehouse (closed: a subprocess may open it)."""
+    dst = tmp_path / "warehouse"
+    shutil.copytree(traffic, dst, symlinks=True)  # the Atomic database is a relative symlink
+    return dst
+
+
+@pytest.fixture
+def filled(traffic_copy) -> Iterator[warehouse.Warehouse]:
+    """This test's copy of the traffic warehouse, open."""
+    with warehouse.connect(f"chdb://{traffic_copy}") as wh:
+        yield wh
+
+
+def _settings(url: str, model: str, **over) -> shadow.ShadowSettings:
+    base = {
+        "candidate_urls": [url],
+        "candidate_model": model,
+        "concurrency": 8,
+        "max_output_tokens": 8,
+        "temperature": 0.0,
+        "backoff_base_s": 0.01,
+        "backoff_max_s": 0.05,
+        "write_batch_rows": 4,
+        "write_interval_s": 0.1,
+    }
+    return shadow.ShadowSettings(**{**base, **over})
+
+
+def _run(wh, settings, samples, run_id="run", **kw) -> shadow.RunSummary:
+    runner = shadow.ShadowRunner(wh, settings, progress=False)
+    return asyncio.run(runner.run(samples, run_id=run_id, **kw))
+
+
+def _chat(proxy: FaultProxy) -> list:
+    return [s for s in proxy.seen if s.path.endswith("/chat/completions")]
+
+
+def _cli(*args: str, cwd: Path, wait: bool = True, **env: str):
+    """Run ``telltale`` as a user does, in its own process group (vLLM's engine processes are
+    killed with it if the test gives up)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", *args],
+        cwd=cwd,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "COLUMNS": "200",
+             **VLLM_TEST_ENV, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    if not wait:
+        return process
+    try:
+        stdout, stderr = process.communicate(timeout=900)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _sample_args(per_stratum: int) -> list[str]:
+    return [
+        "--since", SINCE.strftime("%Y-%m-%d"), "--until", UNTIL.strftime("%Y-%m-%d"),
+        "--model-version", VERSION, "--per-stratum", str(per_stratum), "--seed", "1",
+    ]  # fmt: skip
+
+
+# =============================================================================
+# The HTTP target against the real server
+# =============================================================================
+
+
+def test_streaming_captures_ttft_tpot_and_the_servers_usage(vllm_server):
+    request = shadow.ChatRequest("s1", (("user", "How do I sort a list?"),), 0.0, 12)
+
+    async def go() -> shadow.Completion:
+        async with shadow.HttpTarget([vllm_server.base_url], vllm_server.model) as target:
+            await target.check()
+            return await target.complete(request)
+
+    got = asyncio.run(go())
+    plain = httpx.post(
+        f"{vllm_server.base_url}/chat/completions",
+        json={"model": vllm_server.model, "messages": [{"role": "user",
+              "content": "How do I sort a list?"}], "temperature": 0.0, "max_tokens": 12},
+        timeout=120,
+    ).json()  # fmt: skip
+    assert got.status == "ok" and got.attempts == 1 and got.error is None
+    assert got.prompt_tokens == plain["usage"]["prompt_tokens"] > 0
+    assert got.completion_tokens == plain["usage"]["completion_tokens"] == 12
+    assert got.output == plain["choices"][0]["message"]["content"]
+    assert got.finish_reason == "length"
+    assert 0 < got.ttft_ms < got.latency_ms
+    assert got.tpot_ms is not None and got.tpot_ms > 0
+
+
+def test_unreachable_or_wrong_endpoint_is_named(vllm_server):
+    async def check(url: str, model: str) -> None:
+        async with shadow.HttpTarget([url], model) as target:
+            await target.check()
+
+    with pytest.raises(shadow.TerminalShadowError, match=r"cannot reach http://127.0.0.1:9/v1"):
+        asyncio.run(check("http://127.0.0.1:9/v1", "x"))
+    with pytest.raises(shadow.TerminalShadowError, match="not 'other-model'"):
+        asyncio.run(check(vllm_server.base_url, "other-model"))
+
+
+# =============================================================================
+# The runner
+# =============================================================================
+
+
+def test_concurrency_cap_holds_at_the_proxy_and_on_the_server(vllm_server, filled):
+    samples = shadow.sample_traffic(filled, **WINDOW, per_stratum=6, seed=1).samples
+    running: list[float] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            running.append(running_requests(httpx.get(vllm_server.metrics_url).text))
+
+    poller = threading.Thread(target=poll)
+    with FaultProxy(vllm_server.base_url) as proxy:
+        poller.start()
+        try:
+            summary = _run(
+                filled,
+                _settings(proxy.base_url, vllm_server.model, concurrency=4, max_output_tokens=24),
+                samples,
+            )
+        finally:
+            done.set()
+            poller.join()
+    assert summary.status == "done" and summary.ok == len(samples) >= 30
+    assert 1 < proxy.max_in_flight <= 4
+    assert 0 < max(running) <= 4
+
+
+def test_429_5xx_and_dropped_connections_are_retried(vllm_server, filled):
+    samples = shadow.sample_traffic(filled, **WINDOW, per_stratum=3, seed=2).samples
+    kinds = ("429", "503", "drop", "drop_mid", None)
+    planned = {s.sample_id: kinds[i % len(kinds)] for i, s in enumerate(samples)}
+    with FaultProxy(
+        vllm_server.base_url, lambda sid, attempt: planned.get(sid) if attempt == 1 else None
+    ) as proxy:
+        summary = _run(filled, _settings(proxy.base_url, vllm_server.model), samples)
+    assert summary.ok == len(samples) and summary.errors == summary.timeouts == 0
+    stored = warehouse.shadow_results(filled, "run")
+    attempts = dict(zip(stored["sample_id"], stored["attempts"], strict=True))
+    for sid, fault in planned.items():
+        assert attempts[sid] == (1 if fault is None else 2), (sid, fault)
+    sent = Counter(s.sample_id for s in _chat(proxy))
+    assert sent == {sid: 1 if fault is None else 2 for sid, fault in planned.items()}
+    assert {s.fault for s in _chat(proxy)} == set(kinds)
+
+
+def test_terminal_errors_are_not_retried_and_timeouts_are_recorded(vllm_server, filled):
+    samples = shadow.sample_traffic(filled, **WINDOW, per_stratum=1, seed=3).samples[:3]
+    bad, slow = samples[0].sample_id, samples[1].sample_id
+    faults = {bad: "400", slow: "stall"}
+    with FaultProxy(vllm_server.base_url, lambda sid, attempt: faults.get(sid)) as proxy:
+        summary = _run(
+            filled,
+            _settings(proxy.base_url, vllm_server.model, read_timeout_s=0.5, max_retries=1),
+            samples,
+        )
+    assert (summary.ok, summary.errors, summary.timeouts) == (1, 1, 1)
+    rows = {r["sample_id"]: r for r in warehouse.shadow_results(filled, "run").to_dicts()}
+    assert rows[bad]["status"] == "error" and rows[bad]["attempts"] == 1
+    assert "HTTP 400" in rows[bad]["error"]
+    assert rows[slow]["status"] == "timeout" and rows[slow]["attempts"] == 2
+    assert Counter(s.sample_id for s in _chat(proxy))[bad] == 1
+
+
+def test_redaction_happens_before_requests_leave_and_no_tools_are_sent(vllm_server, filled):
+    drawn = shadow.sample_traffic(filled, **WINDOW, per_stratum=100_000, seed=1)
+    raw = filled.query_frame(
+        "SELECT request_id FROM responses FINAL WHERE request_id IN {ids:Array(String)}"
+        " AND (match(prompt, '@example') OR position(prompt, 'Call me on') > 0)",
+        parameters={"ids": [s.sample_id for s in drawn.samples]},
+    )["request_id"].to_list()
+    with_pii = set(raw) | {"h2"}  # h2's history holds an email and a phone number
+    samples = [s for s in drawn.samples if s.sample_id in with_pii]
+    assert len(samples) >= 5  # the simulator's prompts with PII were sampled
+    with FaultProxy(vllm_server.base_url) as proxy:
+        _run(filled, _settings(proxy.base_url, vllm_server.model, max_output_tokens=2), samples)
+    bodies = [s.body for s in _chat(proxy)]
+    assert len(bodies) == len(samples)
+    texts = [m["content"] for b in bodies for m in b["messages"]]
+    assert not [t for t in texts if EMAIL.search(t) or PHONE.search(t)]
+    assert sum("[EMAIL]" in t or "[PHONE]" in t for t in texts) >= len(samples)
+    assert not [b for b in bodies if {"tools", "functions", "tool_choice"} & set(b)]
+
+
+def test_budget_stops_cleanly_and_resume_sends_only_the_rest(vllm_server, filled):
+    samples = shadow.sample_traffic(filled, **WINDOW, per_stratum=2, seed=4).samples
+    with FaultProxy(vllm_server.base_url) as proxy:
+        settings = _settings(proxy.base_url, vllm_server.model)
+        first = _run(filled, settings.model_copy(update={"max_requests": 5}), samples)
+        assert (first.status, first.sent, first.written) == ("cancelled", 5, 5)
+        assert first.reason.startswith("budget")
+        assert warehouse.shadow_run(filled, "run")["status"] == "cancelled"
+        with pytest.raises(shadow.TerminalShadowError, match="resume it"):
+            _run(filled, settings, samples)
+        second = _run(filled, settings, samples, resume=True)
+    assert (second.status, second.skipped, second.sent) == ("done", 5, len(samples) - 5)
+    assert Counter(s.sample_id for s in _chat(proxy)) == {s.sample_id: 1 for s in samples}
+    assert warehouse.shadow_results(filled, "run").height == len(samples)
+    assert warehouse.shadow_run(filled, "run")["status"] == "done"
+
+
+def test_baseline_arm_replays_production_on_its_own_endpoint(vllm_server, filled):
+    samples = shadow.sample_traffic(filled, **WINDOW, per_stratum=2, seed=5).samples
+    with FaultProxy(vllm_server.base_url) as cand, FaultProxy(vllm_server.base_url) as base:
+        settings = _settings(
+            cand.base_url,
+            vllm_server.model,
+            baseline_urls=[base.base_url],
+            baseline_model=vllm_server.model,
+        )
+        summary = _run(filled, settings, samples)
+    assert summary.planned == summary.ok == 2 * len(samples)
+    assert len(_chat(cand)) == len(_chat(base)) == len(samples)
+    stored = warehouse.shadow_results(filled, "run")
+    assert stored.group_by("arm").len().sort("arm").rows() == [
+        ("baseline_replay", len(samples)),
+        ("candidate", len(samples)),
+    ]
+    # Greedy decoding of the same model: the noise floor of identical models is zero.
+    pairs = stored.pivot(on="arm", index="sample_id", values="output")
+    assert (pairs["candidate"] == pairs["baseline_replay"]).all()
+
+
+def test_requests_spread_over_several_urls(vllm_server, filled):
+    samples = shadow.sample_traffic(filled, **WINDOW, per_stratum=4, seed=6).samples
+    with FaultProxy(vllm_server.base_url) as a, FaultProxy(vllm_server.base_url) as b:
+        settings = _settings(a.base_url, vllm_server.model, concurrency=4)
+        settings = settings.model_copy(update={"candidate_urls": [a.base_url, b.base_url]})
+        summary = _run(filled, settings, samples)
+    assert summary.ok == len(samples)
+    assert len(_chat(a)) + len(_chat(b)) == len(samples)
+    assert min(len(_chat(a)), len(_chat(b))) >= len(samples) // 4
+
+
+# =============================================================================
+# The CLI: kill, signal, resume, in-process, errors
+# =============================================================================
+
+
+def _wait_for(predicate, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.05)
+
+
+def test_killed_run_resumes_without_resending_completed_requests(
+    vllm_server, traffic_copy, tmp_path
+):
+    url = f"chdb://{traffic_copy}"
+    with FaultProxy(vllm_server.base_url) as proxy:
+        args = ["shadow", "run", "--candidate-url", proxy.base_url, "--candidate-model",
+                vllm_server.model, *_sample_args(8), "--concurrency", "2", "--temperature", "0",
+                "--max-output-tokens", "16", "--run-id", "killed", "--no-progress",
+                "--warehouse", url]  # fmt: skip
+        env = {"TELLTALE_SHADOW_WRITE_BATCH_ROWS": "2", "TELLTALE_SHADOW_WRITE_INTERVAL_S": "0.05"}
+        first = _cli(*args, cwd=tmp_path, wait=False, **env)
+        try:
+            _wait_for(lambda: sum(s.completed for s in _chat(proxy)) >= 20)
+            time.sleep(0.5)  # let the writer store what completed
+        finally:
+            first.kill()  # SIGKILL: no handler runs, nothing is flushed
+            first.wait()
+        before = {s.sample_id for s in _chat(proxy)}
+        with warehouse.connect(url) as wh:
+            stored_first = set(warehouse.shadow_completed(wh, "killed")["sample_id"])
+            planned = warehouse.shadow_run(wh, "killed")["sample_size"]
+        assert 0 < len(stored_first) < planned
+        assert stored_first <= before
+        proxy.reset()
+        # Everything else (sample, endpoint, settings) comes from the stored run.
+        second = _cli("shadow", "run", "--run-id", "killed", "--resume", "--no-progress",
+                      "--warehouse", url, cwd=tmp_path, **env)  # fmt: skip
+        assert second.returncode == 0, second.stderr[-3000:]
+        resent = [s.sample_id for s in _chat(proxy)]
+    assert not set(resent) & stored_first  # nothing stored was sent again
+    assert len(resent) == len(set(resent)) == planned - len(stored_first)
+    with warehouse.connect(url) as wh:
+        results = warehouse.shadow_results(wh, "killed")
+        assert results.height == results["sample_id"].n_unique() == planned
+        assert (results["status"] == "ok").all()
+        assert warehouse.shadow_run(wh, "killed")["status"] == "done"
+
+
+def test_sigterm_stops_cleanly_keeping_every_finished_result(vllm_server, traffic_copy, tmp_path):
+    url = f"chdb://{traffic_copy}"
+    with FaultProxy(vllm_server.base_url) as proxy:
+        args = ["shadow", "run", "--candidate-url", proxy.base_url, "--candidate-model",
+                vllm_server.model, *_sample_args(8), "--concurrency", "3", "--temperature", "0",
+                "--max-output-tokens", "16", "--run-id", "term", "--no-progress",
+                "--warehouse", url]  # fmt: skip
+        first = _cli(*args, cwd=tmp_path, wait=False)
+        _wait_for(lambda: sum(s.completed for s in _chat(proxy)) >= 10)
+        first.send_signal(signal.SIGTERM)
+        _, stderr = first.communicate(timeout=120)
+        assert first.returncode == 3, stderr[-3000:]
+        assert "--resume" in stderr
+        completed = {s.sample_id for s in _chat(proxy) if s.completed}
+        with warehouse.connect(url) as wh:
+            stored = set(warehouse.shadow_completed(wh, "term")["sample_id"])
+            assert warehouse.shadow_run(wh, "term")["status"] == "cancelled"
+        # Requests in flight were allowed to finish, and everything that finished was stored.
+        assert stored == completed
+        resumed = _cli(*args, "--resume", cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    report = _cli("shadow", "report", "term", "--format", "json", "--warehouse", url, cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    data = json.loads(report.stdout)
+    assert data["run"]["status"] == "done"
+    assert data["samples_compared"] == data["run"]["sample_size"]
+    assert data["figures"] and {"figure", "candidate", "production"} <= set(data["figures"][0])
+
+
+def test_in_process_llm_gives_the_same_rows_as_the_server(vllm_server, traffic_copy, tmp_path):
+    url = f"chdb://{traffic_copy}"
+    common = [*_sample_args(2), "--segment", f"intent={HANDMADE_INTENT},coding",
+              "--temperature", "0", "--max-output-tokens", "12", "--no-progress",
+              "--warehouse", url]  # fmt: skip
+    served = _cli("shadow", "run", "--candidate-url", vllm_server.base_url, "--candidate-model",
+                  vllm_server.model, "--run-id", "served", *common, cwd=tmp_path)  # fmt: skip
+    assert served.returncode == 0, served.stderr[-3000:]
+    local = _cli("shadow", "run", "--in-process", str(vllm_server.model_dir),
+                 "--candidate-model", vllm_server.model, "--engine-arg", "dtype=float32",
+                 "--engine-arg", f"max_model_len={vllm_server.max_model_len}",
+                 "--engine-arg", "enforce_eager=true", "--run-id", "local", *common,
+                 cwd=tmp_path)  # fmt: skip
+    assert local.returncode == 0, local.stderr[-3000:]
+    with warehouse.connect(url) as wh:
+        a = warehouse.shadow_results(wh, "served")
+        b = warehouse.shadow_results(wh, "local")
+    same = ["sample_id", "arm", "model", "status", "prompt_tokens", "completion_tokens",
+            "finish_reason", "output", "production_output", "intent"]  # fmt: skip
+    assert a.height == b.height >= 4
+    assert a.select(same).equals(b.select(same))
+    assert b["ttft_ms"].is_null().all() and b["latency_ms"].is_not_null().all()
+    assert a["ttft_ms"].is_not_null().all()
+
+
+def test_cli_errors_say_what_to_check(traffic_copy, tmp_path):
+    url = f"chdb://{traffic_copy}"
+    down = _cli("shadow", "run", "--candidate-url", "http://127.0.0.1:9/v1",
+                "--candidate-model", "m", *_sample_args(1), "--no-progress", "--warehouse", url,
+                cwd=tmp_path)  # fmt: skip
+    assert down.returncode == 1
+    assert "cannot reach http://127.0.0.1:9/v1" in down.stderr
+    assert "Traceback" not in down.stderr
+    missing = _cli("shadow", "run", "--run-id", "nope", "--resume", "--warehouse", url,
+                   cwd=tmp_path)  # fmt: skip
+    assert missing.returncode == 1 and "no run 'nope'" in missing.stderr
+    nothing = _cli("shadow", "run", "--candidate-url", "http://127.0.0.1:9/v1",
+                   "--candidate-model", "m", "--since", "2020-01-01", "--until", "2020-01-02",
+                   "--model-version", VERSION, "--warehouse", url, cwd=tmp_path)  # fmt: skip
+    assert nothing.returncode == 1 and "nothing to replay" in nothing.stderr
+    helped = _cli("shadow", "run", "--help", cwd=tmp_path)
+    assert "--resume" in helped.stdout and "telltale shadow run" in helped.stdout

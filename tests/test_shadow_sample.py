@@ -7,14 +7,15 @@ import re
 from collections.abc import Iterator
 
 import pytest
-import shadow_traffic
 from hypothesis import given
 from hypothesis import strategies as st
-from shadow_traffic import HANDMADE_INTENT, SINCE, UNTIL, VERSION
 
 import warehouse
 from shadow import TerminalShadowError
 from shadow.sample import allocate_strata, sample_traffic
+
+import shadow_traffic
+from shadow_traffic import HANDMADE_INTENT, SINCE, UNTIL, VERSION
 
 WINDOW = {"since": SINCE, "until": UNTIL, "model_versions": [VERSION]}
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")

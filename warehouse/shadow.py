@@ -38,7 +38,6 @@ __all__ = [
     "insert_shadow_judgments",
     "insert_shadow_results",
     "record_shadow_run",
-    "shadow_arm_figures",
     "shadow_candidates",
     "shadow_completed",
     "shadow_judgments",
@@ -333,35 +332,4 @@ def shadow_judgments(wh: Warehouse, run_id: str) -> pl.DataFrame:
         f"SELECT {columns} FROM {wh.database}.shadow_judgments FINAL"
         " WHERE run_id = {run_id:String} ORDER BY sample_id, judge_model, `order`",
         parameters={"run_id": run_id},
-    )
-
-
-def shadow_arm_figures(wh: Warehouse, run_id: str) -> pl.DataFrame:
-    """Per arm and model: requests, ok / error / timeout counts, latency and TTFT percentiles,
-    token sums, and mean output length relative to production (completion tokens)."""
-    return (
-        wh.query_frame(
-            f"""
-        SELECT arm, model, count() AS requests, countIf(status = 'ok') AS ok,
-            countIf(status = 'error') AS errors, countIf(status = 'timeout') AS timeouts,
-            quantilesIf(0.5, 0.95, 0.99)(latency_ms, status = 'ok') AS latency_q,
-            quantilesIf(0.5, 0.95, 0.99)(ttft_ms, status = 'ok') AS ttft_q,
-            avgIf(tpot_ms, status = 'ok') AS tpot_ms_mean,
-            sum(prompt_tokens) AS prompt_tokens_total,
-            sum(completion_tokens) AS completion_tokens_total,
-            sumIf(completion_tokens, status = 'ok')
-                / nullIf(sumIf(production_completion_tokens, status = 'ok'), 0)
-                AS length_ratio
-        FROM {wh.database}.shadow_results FINAL
-        WHERE run_id = {{run_id:String}}
-        GROUP BY arm, model ORDER BY arm, model
-        """,
-            parameters={"run_id": run_id},
-        )
-        .with_columns(
-            pl.col(q).list.get(i).alias(f"{q[:-2]}_ms_{p}")
-            for q in ("latency_q", "ttft_q")
-            for i, p in enumerate(("p50", "p95", "p99"))
-        )
-        .drop("latency_q", "ttft_q")
     )
