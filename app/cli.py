@@ -20,6 +20,9 @@ import analysis
 import warehouse
 from app.attribution import DESIGNS
 from app.attribution import attribute as run_attribution
+from app.options import WarehouseUrl
+from app.report_cli import report_app
+from app.serve import app_command
 from app.shadow_cli import shadow_app
 from ingest import (
     EventSink,
@@ -47,22 +50,13 @@ app = typer.Typer(
 warehouse_app = typer.Typer(help="Create, inspect and describe the ClickHouse warehouse.")
 app.add_typer(warehouse_app, name="warehouse")
 app.add_typer(shadow_app, name="shadow")
+app.add_typer(report_app, name="report")
+app.command("app")(app_command)
 annotate_app = typer.Typer(
     help="Record product changes (UI releases, holidays, incidents, rollouts): the waterfall "
     "separates them from the model's effect."
 )
 app.add_typer(annotate_app, name="annotate")
-
-WarehouseUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--warehouse",
-        "-w",
-        envvar="TELLTALE_WAREHOUSE_URL",
-        help="chdb://PATH (embedded, default ./.telltale/warehouse) or http(s)://host:port.",
-        show_default=False,
-    ),
-]
 
 
 def _fail(message: str) -> typer.Exit:
