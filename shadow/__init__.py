@@ -24,6 +24,7 @@ from shadow.results import Interval
 from shadow.runner import ARMS, RunSummary, ShadowRunner, http_target
 from shadow.sample import Sample, SampleSet, allocate_strata, sample_traffic
 from shadow.settings import ShadowSettings
+from shadow.simulated import SimulatedEndpoint, SimulatedModel
 from shadow.targets import ChatRequest, Completion, HttpTarget, LLMTarget
 
 __all__ = [
@@ -51,6 +52,8 @@ __all__ = [
     "ShadowError",
     "ShadowRunner",
     "ShadowSettings",
+    "SimulatedEndpoint",
+    "SimulatedModel",
     "TerminalShadowError",
     "TransientShadowError",
     "allocate_strata",
