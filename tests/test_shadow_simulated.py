@@ -9,8 +9,15 @@ import asyncio
 
 import polars as pl
 
-from shadow import JudgeClient, PairToJudge, SimulatedEndpoint, SimulatedModel, compare_pairwise
-from shadow.targets import ChatRequest, HttpTarget
+from shadow import (
+    ChatRequest,
+    HttpTarget,
+    JudgeClient,
+    PairToJudge,
+    SimulatedEndpoint,
+    SimulatedModel,
+    compare_pairwise,
+)
 
 PROMPTS = [
     f"question {i}: how should I plan step {i} of my project" * (1 + i % 4) for i in range(120)
