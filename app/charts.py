@@ -224,11 +224,10 @@ def segment_heatmap(effects: pl.DataFrame, *, alpha: float = 0.05) -> alt.LayerC
         ],
     )  # fmt: skip
     text = base.mark_text(fontSize=14, fontWeight="bold").encode(text="mark:N")
-    rows = frame["where"].n_unique() if frame.height else 1
     return alt.layer(cells, text).properties(
         title=f"Candidate's effect by segment (* BH q < {alpha})",
         width=max(240, 70 * (frame["metric"].n_unique() if frame.height else 1)),
-        height=max(120, 18 * rows),
+        height=alt.Step(18),
     )
 
 
@@ -268,7 +267,7 @@ def gates_chart(gates: pl.DataFrame) -> alt.LayerChart:
     return alt.layer(zero, whiskers, points, limits).properties(
         title="Gates: worsening with its interval; black tick = threshold",
         width=_WIDTH,
-        height=max(100, 28 * frame.height),
+        height=alt.Step(28),
     )
 
 
@@ -291,7 +290,7 @@ def win_rate_chart(rates: pl.DataFrame) -> alt.LayerChart:
     return alt.layer(tie, whiskers, points).properties(
         title="Judge: candidate vs production (0.5 = a tie)",
         width=_WIDTH,
-        height=max(80, 26 * rates.height),
+        height=alt.Step(26),
     )
 
 
