@@ -97,8 +97,8 @@ class ShadowSettings(BaseSettings):
     max_requests: int | None = Field(
         None,
         ge=1,
-        description="Budget: requests sent (retries included) before the run stops cleanly. "
-        "TELLTALE_SHADOW_MAX_REQUESTS.",
+        description="Budget: requests started (a retry is not counted again) before the run "
+        "stops cleanly. TELLTALE_SHADOW_MAX_REQUESTS.",
     )
     max_tokens: int | None = Field(
         None,
