@@ -1,5 +1,14 @@
 """The ClickHouse warehouse: connection, schema migrations, and named queries (polars frames)."""
 
+from warehouse.alerts import (
+    ALERT_COLUMNS,
+    ALERT_STATUSES,
+    alert_history,
+    alerts,
+    mark_alerts_notified,
+    record_alerts,
+    set_alert_status,
+)
 from warehouse.connection import DEFAULT_URL, Warehouse, WarehouseSettings, connect
 from warehouse.errors import (
     TerminalWarehouseError,
@@ -46,6 +55,8 @@ from warehouse.shadow import (
 )
 
 __all__ = [
+    "ALERT_COLUMNS",
+    "ALERT_STATUSES",
     "DEFAULT_URL",
     "EVENT_TABLES",
     "MIGRATIONS",
@@ -60,6 +71,8 @@ __all__ = [
     "WarehouseBusyError",
     "WarehouseError",
     "WarehouseSettings",
+    "alert_history",
+    "alerts",
     "annotations",
     "connect",
     "conversation_turns",
@@ -71,15 +84,18 @@ __all__ = [
     "hourly_sessions",
     "insert_shadow_judgments",
     "insert_shadow_results",
+    "mark_alerts_notified",
     "migrate",
     "pending_flight",
     "rebuild_rollups",
+    "record_alerts",
     "record_annotations",
     "record_ingest_intents",
     "record_shadow_run",
     "render_ddl",
     "response_outcomes",
     "session_outcomes",
+    "set_alert_status",
     "shadow_candidates",
     "shadow_completed",
     "shadow_judgments",

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from warehouse.connection import Warehouse
-from warehouse.schema import SHADOW_TABLES, render_ddl, render_tables
+from warehouse.schema import ALERT_TABLES, SHADOW_TABLES, render_ddl, render_tables
 
 __all__ = ["MIGRATIONS", "Migration", "migrate"]
 
@@ -35,6 +35,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         3,
         "shadow replay: shadow_runs, shadow_results, shadow_judgments",
         lambda cluster, database: render_tables(SHADOW_TABLES, cluster=cluster, database=database),
+    ),
+    Migration(
+        4,
+        "regression alerts: alerts (one row per status change)",
+        lambda cluster, database: render_tables(ALERT_TABLES, cluster=cluster, database=database),
     ),
 )
 

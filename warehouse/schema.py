@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "ALERT_TABLES",
     "ROLLUPS",
     "SHADOW_TABLES",
     "TABLES",
@@ -377,6 +378,43 @@ SHADOW_TABLES: tuple[Table, ...] = (
     ),
 )
 """Shadow replay storage (migration 3): runs, one result per sample and arm, judge verdicts."""
+
+ALERT_TABLES: tuple[Table, ...] = (
+    # One row per change of an alert (raised, notified, acknowledged, resolved): the newest by
+    # updated_at is its state, the rest its history. Keyed on (alert_id, updated_at), so a
+    # replayed insert collapses while every change is kept.
+    Table(
+        "alerts",
+        """
+    alert_id String,
+    metric LowCardinality(String),
+    model_version LowCardinality(String),
+    segment LowCardinality(String),
+    segment_value String,
+    opened_at DateTime64(3, 'UTC'),
+    detected_at DateTime64(3, 'UTC'),
+    severity LowCardinality(String),
+    expected Float64,
+    observed Float64,
+    shift Float64,
+    shift_se Float64,
+    relative_shift Float64,
+    statistic Float64,
+    threshold Float64,
+    basis LowCardinality(String),
+    baseline_version LowCardinality(String),
+    segments_firing UInt16,
+    status LowCardinality(String),
+    notified_at Nullable(DateTime64(3, 'UTC')),
+    updated_at DateTime64(6, 'UTC'),
+    updated_by String,
+    note String""",
+        "ReplacingMergeTree",
+        order_by="(alert_id, updated_at)",
+        shard_key="cityHash64(alert_id)",
+    ),
+)
+"""Regression alerts (migration 4): every alert with its history of status changes."""
 
 # Keep an event unless its id was stored by another batch; a replay of the same batch passes, so
 # an interrupted insert chain can complete (see the module docstring).
