@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench kafka vllm
+.PHONY: demo test lint bench kafka vllm chromium
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,12 +15,16 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/telltale demo
 
-## test: install the Kafka jars and vLLM (CPU build), lint, and run the whole test suite against real components
-test: $(BIN)/.installed kafka vllm lint
+## test: install the Kafka jars, vLLM (CPU build) and Chromium, lint, and run the whole test suite against real components
+test: $(BIN)/.installed kafka vllm chromium lint
 	$(BIN)/python -m pytest
 
 kafka:
 	scripts/kafka-broker install
+
+# Debian's headless Chromium for the app's browser tests (first time: ~20 s; then a no-op)
+chromium:
+	scripts/chromium install
 
 # vLLM's CPU build and torch in the venv (first time: ~2 min, ~6 GB; then a no-op in a second)
 vllm: $(BIN)/.installed

@@ -11,7 +11,7 @@ from app import ui
 st.set_page_config(page_title="Telltale", page_icon=":material/monitoring:", layout="wide")
 
 pages = [
-    st.Page("views/overview.py", title="Overview", url_path="overview", default=True),
+    st.Page("views/overview.py", title="Overview", default=True),  # served at the root
     st.Page("views/attribution.py", title="Attribution", url_path="attribution"),
     st.Page("views/segments.py", title="Segments", url_path="segments"),
     st.Page("views/shadow_runs.py", title="Shadow", url_path="shadow"),
