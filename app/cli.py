@@ -18,6 +18,7 @@ from rich.table import Table
 
 import analysis
 import warehouse
+from app.alerts_cli import alerts_app
 from app.attribution import DESIGNS
 from app.attribution import attribute as run_attribution
 from app.options import WarehouseUrl
@@ -50,6 +51,7 @@ app = typer.Typer(
 warehouse_app = typer.Typer(help="Create, inspect and describe the ClickHouse warehouse.")
 app.add_typer(warehouse_app, name="warehouse")
 app.add_typer(shadow_app, name="shadow")
+app.add_typer(alerts_app, name="alerts")
 app.add_typer(report_app, name="report")
 app.command("app")(app_command)
 annotate_app = typer.Typer(
