@@ -116,15 +116,18 @@ def test_rollup_attributes_feedback_to_the_response_model_version(wh):
     assert orphan["n"][0] == 1
 
 
-def test_sessions_rollup_takes_the_model_version_of_the_session(wh):
+def test_sessions_rollup_takes_the_version_and_segment_of_the_session(wh):
+    """A session_end carries no locale or platform: the rollup takes them, with the model
+    version, from the session's responses."""
     sink = EventSink(wh)
-    _flush(sink, [(0, encode(response(0, session_id="sess-1", model_version="m-x")))])
+    first = response(0, session_id="sess-1", model_version="m-x", locale="ja-JP", platform="ios")
+    _flush(sink, [(0, encode(first))])
     _flush(sink, [(1, encode(session_end(1, turns=6, seconds=120.0)))])
     rows = wh.query_frame(
-        "SELECT model_version, sum(sessions) AS s, sum(turns) AS t, sum(completed) AS c"
-        " FROM sessions_hourly GROUP BY model_version"
+        "SELECT model_version, locale, platform, sum(sessions) AS s, sum(turns) AS t,"
+        " sum(completed) AS c FROM sessions_hourly GROUP BY model_version, locale, platform"
     )
-    assert rows.rows() == [("m-x", 1, 6, 1)]
+    assert rows.rows() == [("m-x", "ja-JP", "ios", 1, 6, 1)]
 
 
 def _write_inputs(tmp_path: Path) -> list[Path]:

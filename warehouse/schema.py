@@ -217,7 +217,8 @@ TABLES: tuple[Table, ...] = (
     Table(
         "session_attrs",
         "session_id String,\n    model_version LowCardinality(String),\n"
-        "    variant LowCardinality(String),\n    cohort LowCardinality(String)",
+        "    variant LowCardinality(String),\n    cohort LowCardinality(String),\n"
+        "    locale LowCardinality(String),\n    platform LowCardinality(String)",
         "EmbeddedRocksDB",
         primary_key="session_id",
     ),
@@ -462,7 +463,7 @@ VIEWS: tuple[View, ...] = (
         "session_attrs_mv",
         "responses",
         "session_attrs",
-        "SELECT session_id, model_version, variant, cohort FROM {t[responses]}",
+        "SELECT session_id, model_version, variant, cohort, locale, platform FROM {t[responses]}",
     ),
     View(
         "rollup_responses_mv",
@@ -506,7 +507,7 @@ VIEWS: tuple[View, ...] = (
         "sessions",
         "sessions_hourly",
         "SELECT toStartOfHour(toDateTime(s.ts, 'UTC')) AS hour, a.model_version AS model_version,"
-        " a.variant AS variant, s.locale AS locale, s.platform AS platform, a.cohort AS cohort,"
+        " a.variant AS variant, a.locale AS locale, a.platform AS platform, a.cohort AS cohort,"
         " count() AS sessions, sum(ifNull(s.turns, 0)) AS turns, sum(ifNull(s.seconds, 0)) AS"
         " seconds, countIf(s.task_completed IS NOT NULL) AS completion_known,"
         " countIf(s.task_completed = true) AS completed"

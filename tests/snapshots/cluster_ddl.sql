@@ -206,7 +206,9 @@ CREATE TABLE IF NOT EXISTS prod.session_attrs_local ON CLUSTER telltale (
 session_id String,
     model_version LowCardinality(String),
     variant LowCardinality(String),
-    cohort LowCardinality(String)
+    cohort LowCardinality(String),
+    locale LowCardinality(String),
+    platform LowCardinality(String)
 ) ENGINE = EmbeddedRocksDB
 PRIMARY KEY session_id;
 
@@ -319,7 +321,7 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS prod.sessions_ids_mv ON CLUSTER telltale 
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS prod.request_attrs_mv ON CLUSTER telltale TO prod.request_attrs_local AS SELECT request_id, toDateTime(ts, 'UTC') AS response_ts, model_version, variant, locale, platform, intent, cohort FROM prod.responses_local;
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS prod.session_attrs_mv ON CLUSTER telltale TO prod.session_attrs_local AS SELECT session_id, model_version, variant, cohort FROM prod.responses_local;
+CREATE MATERIALIZED VIEW IF NOT EXISTS prod.session_attrs_mv ON CLUSTER telltale TO prod.session_attrs_local AS SELECT session_id, model_version, variant, cohort, locale, platform FROM prod.responses_local;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS prod.rollup_responses_mv ON CLUSTER telltale TO prod.rollup_hourly_local AS SELECT toStartOfHour(toDateTime(ts, 'UTC')) AS hour, model_version, variant, locale, platform, intent, cohort, count() AS responses, countIf(refused) AS refusals, countIf(finish_reason = 'error') AS errors, countIf(finish_reason = 'length') AS truncated, sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens, sum(latency_ms) AS latency_ms_sum, quantilesTDigestState(0.5, 0.95, 0.99)(latency_ms) AS latency_ms_q, quantilesTDigestStateIf(0.5, 0.95, 0.99)(assumeNotNull(ttft_ms), ttft_ms IS NOT NULL) AS ttft_ms_q FROM prod.responses_local GROUP BY hour, model_version, variant, locale, platform, intent, cohort;
 
@@ -327,4 +329,4 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS prod.rollup_feedback_mv ON CLUSTER tellta
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS prod.rollup_retries_mv ON CLUSTER telltale TO prod.rollup_hourly_local AS SELECT toStartOfHour(if(a.request_id = '', toDateTime(r.ts, 'UTC'), a.response_ts)) AS hour, a.model_version AS model_version, a.variant AS variant, a.locale AS locale, a.platform AS platform, a.intent AS intent, a.cohort AS cohort, count() AS retries FROM prod.retries_local AS r LEFT JOIN prod.request_attrs_local AS a ON r.request_id = a.request_id GROUP BY hour, model_version, variant, locale, platform, intent, cohort SETTINGS join_algorithm = 'direct';
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS prod.rollup_sessions_mv ON CLUSTER telltale TO prod.sessions_hourly_local AS SELECT toStartOfHour(toDateTime(s.ts, 'UTC')) AS hour, a.model_version AS model_version, a.variant AS variant, s.locale AS locale, s.platform AS platform, a.cohort AS cohort, count() AS sessions, sum(ifNull(s.turns, 0)) AS turns, sum(ifNull(s.seconds, 0)) AS seconds, countIf(s.task_completed IS NOT NULL) AS completion_known, countIf(s.task_completed = true) AS completed FROM prod.sessions_local AS s LEFT JOIN prod.session_attrs_local AS a ON s.session_id = a.session_id WHERE s.type = 'session_end' GROUP BY hour, model_version, variant, locale, platform, cohort SETTINGS join_algorithm = 'direct';
+CREATE MATERIALIZED VIEW IF NOT EXISTS prod.rollup_sessions_mv ON CLUSTER telltale TO prod.sessions_hourly_local AS SELECT toStartOfHour(toDateTime(s.ts, 'UTC')) AS hour, a.model_version AS model_version, a.variant AS variant, a.locale AS locale, a.platform AS platform, a.cohort AS cohort, count() AS sessions, sum(ifNull(s.turns, 0)) AS turns, sum(ifNull(s.seconds, 0)) AS seconds, countIf(s.task_completed IS NOT NULL) AS completion_known, countIf(s.task_completed = true) AS completed FROM prod.sessions_local AS s LEFT JOIN prod.session_attrs_local AS a ON s.session_id = a.session_id WHERE s.type = 'session_end' GROUP BY hour, model_version, variant, locale, platform, cohort SETTINGS join_algorithm = 'direct';
