@@ -519,7 +519,7 @@ def _expect(
             "version": list(day_excess),
             "tau2": [max(0.0, (m2 - s2) / nd) for m2, s2, nd in day_excess.values()],
         },
-        schema_overrides={"tau2": pl.Float64},
+        schema={"version": pl.String, "tau2": pl.Float64},
     )
     own = tau2.rename({"version": "model_version"})
     inherited = tau2.rename({"version": "baseline_version", "tau2": "ref_tau2"})
@@ -547,12 +547,14 @@ def _codes(values: pl.Series) -> tuple[list[str], np.ndarray]:
     return levels, values.replace_strict(levels, list(range(len(levels)))).to_numpy()
 
 
-def _var(p: np.ndarray, variance: Variance) -> np.ndarray:
+def _var(p: np.ndarray, variance: Variance, floor: float) -> np.ndarray:
+    """Variance of one unit at rate ``p``; ``p`` held at least ``floor`` from the edges, so an
+    hour whose cells predict almost nothing cannot claim almost no noise."""
     if variance == "binomial":
-        q = np.clip(p, 1e-4, 1 - 1e-4)
+        q = np.clip(p, floor, 1 - floor)
         return q * (1 - q)
     if variance == "poisson":
-        return np.clip(p, 1e-4, None)
+        return np.clip(p, floor, None)
     return np.ones_like(p)
 
 
@@ -585,14 +587,22 @@ def _series_expectation(
     def dense(weights: np.ndarray) -> np.ndarray:
         return np.bincount(key, weights=weights, minlength=k * n_hours).reshape(k, n_hours)
 
-    n, numer, dg = dense(den), dense(num), dense(den * g)
+    n, numer = dense(den), dense(num)
+    ref = int(np.argmax(n[:, :fit_hours].sum(axis=1)))
+    # A linear fit can predict a rate below 0 (or a share above 1) for a rare cell: held to
+    # what a rate can be before the hour's cells are averaged.
+    low, high = 0.0, (1.0 if variance == "binomial" else None)
+    rate = float(num[fit].sum() / den[fit].sum())
+    floor = 0.25 * min(rate, 1 - rate) if variance == "binomial" else 0.25 * rate
+    with np.errstate(invalid="ignore", divide="ignore"):
+        observed = numer / n
+        # Each version's hours at its own level, and at the incumbent's.
+        own_level = dense(den * np.clip(level[version] + g, low, high)) / n
+        ref_level = dense(den * np.clip(level[ref] + g, low, high)) / n
     # Each version-hour's mean design row (its mix and season): what its expectation's
     # estimation error depends on.
     rows = np.stack([dense(den * x[:, j]) for j in range(k, x.shape[1])], axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        observed, mix = numer / n, dg / n
     history = (n[:, :fit_hours] > 0).reshape(k, -1, 24).any(axis=2).sum(axis=1)
-    ref = int(np.argmax(n[:, :fit_hours].sum(axis=1)))
     phi = np.full(k, np.nan)
     dof = _N_SEASONAL + 1
     # Per version, over the baseline days: sums of N_d m_d^2, N_d s_d and N_d, with m_d the
@@ -602,9 +612,9 @@ def _series_expectation(
         seen = n[v, :fit_hours] > 0
         if seen.sum() <= 2 * dof:
             continue
-        e = level[v] + mix[v, :fit_hours]
+        e = own_level[v, :fit_hours]
         r = np.where(seen, observed[v, :fit_hours] - e, 0.0)
-        unit_var = _var(e, variance)
+        unit_var = _var(e, variance, floor)
         pearson = float(np.sum(n[v, :fit_hours] * r**2 / unit_var)) / (seen.sum() - dof)
         phi[v] = pearson if variance == "constant" else max(pearson, 1.0)
         day_n = n[v, :fit_hours].reshape(-1, 24).sum(axis=1)
@@ -618,8 +628,8 @@ def _series_expectation(
             excess[v] = np.array([m2, np.sum(nd * s2), np.sum(nd)])
     phi_ref = phi[ref] if not np.isnan(phi[ref]) else 1.0
     later = slice(fit_hours, n_hours)
-    ref_n, ref_o, ref_mix = n[ref, later], observed[ref, later], mix[ref, later]
-    ref_var = phi_ref * _var(level[ref] + ref_mix, variance) / ref_n
+    ref_n, ref_o, ref_e = n[ref, later], observed[ref, later], own_level[ref, later]
+    ref_var = phi_ref * _var(ref_e, variance, floor) / ref_n
     frames = []
     for v in range(k):
         served = n[v, later] > 0
@@ -627,9 +637,9 @@ def _series_expectation(
             continue
         own = v == ref or history[v] >= policy.min_history_days
         ph = phi[v] if own and not np.isnan(phi[v]) else phi_ref
-        seasonal = (level[v] if own else level[ref]) + mix[v, later]
+        seasonal = (own_level if own else ref_level)[v, later]
         expected = seasonal.copy()
-        var = ph * _var(seasonal, variance) / n[v, later]
+        var = ph * _var(seasonal, variance, floor) / n[v, later]
         basis = np.full(n_hours - fit_hours, "seasonal" if own else "inherited", dtype=object)
         with np.errstate(invalid="ignore", divide="ignore"):
             design_row = rows[v, later] / n[v, later, None]
@@ -642,7 +652,7 @@ def _series_expectation(
             # The incumbent's departure from its own expectation this hour is a shock both
             # versions share: what remains is a change in the gap between the versions.
             conc = ref_n > 0
-            expected[conc] = (seasonal + ref_o - level[ref] - ref_mix)[conc]
+            expected[conc] = (seasonal + ref_o - ref_e)[conc]
             var[conc] += ref_var[conc]
             chosen[:, ref] -= 1.0
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -652,7 +662,7 @@ def _series_expectation(
         # The error averaged over the evaluated hours stays put (a level that is off stays
         # off): it goes to the threshold's calibration; the rest varies from hour to hour
         # (the weekly shape is off at some hours, not others) and adds to each hour's variance.
-        unit = ph * _var(seasonal, variance)
+        unit = ph * _var(seasonal, variance, floor)
         mean_err = np.average(err[served], axis=0, weights=n[v, later][served])
         bias_var = float(_quadratic(mean_err[None, :], inverse)[0]) * unit
         var += np.nan_to_num(_quadratic(err - mean_err, inverse)) * unit
