@@ -36,6 +36,7 @@ from app.telemetry import expectation_band, metric_cells, metric_series, model_v
 __all__ = [
     "CACHE_SECONDS",
     "UNEXPECTED",
+    "alert_list",
     "attribution",
     "band",
     "connection",
@@ -374,6 +375,13 @@ def shadow_comparison(
         results = results.filter(pl.col("sample_id").is_in(keep))
         judgments = judgments.filter(pl.col("sample_id").is_in(keep))
     return shadow.compare_shadow(results, judgments, prices=shadow.load_prices(), segment=segment)
+
+
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
+def alert_list(url: str, status: str | None, since: dt.date, until: dt.date) -> pl.DataFrame:
+    """Alerts in their current state detected in ``[since, until)``, newest first (cleared
+    when the app changes one)."""
+    return warehouse.alerts(_wh(url), status=status, since=_midnight(since), until=_midnight(until))
 
 
 @st.cache_data(ttl=CACHE_SECONDS, show_spinner="Reviewing the release...")

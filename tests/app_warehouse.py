@@ -1,7 +1,7 @@
 """A small warehouse for the app and release-review tests: two weeks of simulated traffic around
-the candidate's full switch, the scenario's annotations, and one shadow run whose answers are
+the candidate's full switch, the scenario's annotations, one shadow run whose answers are
 SIMULATED (derived from the recorded production answers, not produced by any model; the run's
-settings say so)."""
+settings say so), and two hand-made alerts (not found by the detector)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def build(path: Path, tmp: Path) -> str:
         backfill(EventSink(wh), list(sim.event_files), progress=False)
         warehouse.record_annotations(wh, scenario_annotations(sc))
         record_simulated_run(wh)
+        warehouse.record_alerts(wh, hand_made_alerts(), by="tests")
     return url
 
 
@@ -121,3 +122,27 @@ def record_simulated_run(wh: warehouse.Warehouse, *, run_id: str = RUN_ID, seed:
         wh, pl.DataFrame(judgments, schema=warehouse.SHADOW_JUDGMENT_SCHEMA, orient="row")
     )
     return len(sample.samples)
+
+
+ALERT_IDS = ("alert-retry-coding", "alert-thumbs-all")
+
+
+def hand_made_alerts() -> pl.DataFrame:
+    """Two alerts on the candidate after its full switch: retries in coding (open, as the
+    scenario plants) and thumbs down overall (to be resolved by a test)."""
+    switch = dt.datetime(2026, 10, 6)
+    rows = [
+        {"alert_id": ALERT_IDS[0], "metric": "retry_rate", "model_version": CANDIDATE,
+         "segment": "intent", "segment_value": "coding", "opened_at": switch,
+         "detected_at": switch + dt.timedelta(hours=5), "severity": "major", "expected": 0.08,
+         "observed": 0.1, "shift": 0.02, "shift_se": 0.005, "relative_shift": 0.25,
+         "statistic": 6.1, "threshold": 5.2, "basis": "incumbent level",
+         "baseline_version": BASELINE, "segments_firing": 1},
+        {"alert_id": ALERT_IDS[1], "metric": "thumbs_down_rate", "model_version": CANDIDATE,
+         "segment": "all", "segment_value": "all", "opened_at": switch + dt.timedelta(days=1),
+         "detected_at": switch + dt.timedelta(days=1, hours=8), "severity": "minor",
+         "expected": 0.3, "observed": 0.33, "shift": 0.03, "shift_se": 0.01,
+         "relative_shift": 0.1, "statistic": 5.5, "threshold": 5.2, "basis": "own level",
+         "baseline_version": BASELINE, "segments_firing": 0},
+    ]  # fmt: skip
+    return pl.DataFrame(rows)

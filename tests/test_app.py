@@ -196,6 +196,37 @@ def test_release_review_reads_the_gates_file_named_in_the_environment(url, tmp_p
     assert frame.set_index("metric").loc["thumbs_down_rate", "owner"] == "team-x"
 
 
+def test_alerts_list_chart_and_acknowledge_then_resolve(url):
+    at = page("alerts", status="all")
+    table = at.dataframe[0].value
+    assert set(table["alert_id"]) == set(aw.ALERT_IDS)
+    at = page("alerts", status="open", alert=aw.ALERT_IDS[0])
+    assert "retry_rate on assistant-2026-09, intent=coding" in at.subheader[0].value
+    assert [m.label for m in at.metric] == ["Expected", "Observed", "Status", "Segments firing"]
+    assert all(b.disabled for b in at.button)  # nobody named: nothing to record
+    at.text_input(key="by").input("alice")
+    at.text_input(key="note").input("coding retries: known, fix in review")
+    at.run()
+    at.button(key="set-acknowledged").click().run()
+    check(at)
+    # acknowledged alerts leave the open list; the page moves on to the other one
+    assert aw.ALERT_IDS[0] not in set(at.dataframe[0].value["alert_id"])
+    at = page("alerts", status="acknowledged", alert=aw.ALERT_IDS[0])
+    history = at.dataframe[-1].value
+    assert history["status"].tolist() == ["open", "acknowledged"]
+    assert history["updated_by"].tolist()[-1] == "alice"
+    at.text_input(key="by").input("bob").run()
+    at.button(key="set-resolved").click().run()
+    check(at)
+    at = page("alerts", status="resolved")
+    assert aw.ALERT_IDS[0] in set(at.dataframe[0].value["alert_id"])
+
+
+def test_alerts_none_in_range_say_what_to_do(url):
+    at = page("alerts", status="all", to="2026-09-30")
+    assert any("telltale alerts run" in i.value for i in at.info)
+
+
 def test_the_entry_point_navigates_between_pages(url):
     at = AppTest.from_file(str(REPO / "app" / "streamlit_app.py"), default_timeout=TIMEOUT)
     at.run()
