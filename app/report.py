@@ -174,10 +174,12 @@ def weekly_report(
     gates_source: str = "registry defaults",
     candidate: str | None = None,
     baseline: str | None = None,
+    reviews: Sequence[ReleaseReview] | None = None,
 ) -> WeeklyReport:
     """The review of ``week`` (``2026-W41``): every model version that served in it other than
     the baseline (``candidate`` alone if given) reviewed against the baseline (default: the
-    oldest version that served this week or the week before).
+    oldest version that served this week or the week before). ``reviews`` already made for
+    this week (the app's page has one) are used as they are.
     """
     since, until = parse_week(week)
     before = since - dt.timedelta(days=7)
@@ -192,14 +194,15 @@ def weekly_report(
         note = f"No model version served between {before:%Y-%m-%d} and {until:%Y-%m-%d}."
     elif not candidates:
         note = f"Only {baseline} served in {week}: no new model version to review."
-    reviews = tuple(
-        review_release(
-            wh, candidate=c, baseline=baseline, since=since, until=until, gates=gates,
-            gates_source=gates_source,
-        )
-        for c in candidates
-        if baseline is not None
-    )  # fmt: skip
+    if reviews is None:
+        reviews = [
+            review_release(
+                wh, candidate=c, baseline=baseline, since=since, until=until, gates=gates,
+                gates_source=gates_source,
+            )
+            for c in candidates
+            if baseline is not None
+        ]  # fmt: skip
     telemetry = []
     for m in analysis.METRICS.values():
         if m.unit is analysis.Unit.USER:
@@ -207,4 +210,4 @@ def weekly_report(
         cells = metric_cells(wh, m.name, since=before, until=until)
         if cells.height:
             telemetry.append((m.name, metric_series(cells, m.name, granularity="day")))
-    return WeeklyReport(week, since, until, reviews, tuple(telemetry), notes, note)
+    return WeeklyReport(week, since, until, tuple(reviews), tuple(telemetry), notes, note)

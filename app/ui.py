@@ -29,8 +29,15 @@ import analysis
 import shadow
 import warehouse
 from app.attribution import Attribution, SegmentAttributions, attribute, attribute_segments
-from app.report import WeeklyReport, weekly_report
-from app.review import GateError, parse_gates, segment_effects, segment_values
+from app.report import WeeklyReport, parse_week, weekly_report
+from app.review import (
+    GateError,
+    ReleaseReview,
+    parse_gates,
+    review_release,
+    segment_effects,
+    segment_values,
+)
 from app.telemetry import expectation_band, metric_cells, metric_series, model_versions
 
 __all__ = [
@@ -45,6 +52,7 @@ __all__ = [
     "default_boundary",
     "notes",
     "page_guard",
+    "release_review",
     "require_data",
     "segment_attribution",
     "segments",
@@ -385,15 +393,27 @@ def alert_list(url: str, status: str | None, since: dt.date, until: dt.date) -> 
 
 
 @st.cache_data(ttl=CACHE_SECONDS, show_spinner="Reviewing the release...")
+def release_review(
+    url: str, week: str, candidate: str, baseline: str, gates_toml: str | None
+) -> ReleaseReview:
+    """``candidate`` against ``baseline`` over ``week`` and the week before
+    (``app.review.review_release``); gates from the TOML text, else the registry's."""
+    since, until = parse_week(week)
+    gates = parse_gates(gates_toml) if gates_toml else None
+    source = "the uploaded gates file" if gates_toml else "registry defaults"
+    return review_release(_wh(url), candidate=candidate, baseline=baseline, since=since,
+                          until=until, gates=gates, gates_source=source)  # fmt: skip
+
+
+@st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
 def weekly(
     url: str, week: str, candidate: str, baseline: str, gates_toml: str | None
 ) -> WeeklyReport:
-    """The release review of ``candidate`` in ``week`` (``app.report.weekly_report``); gates
-    from the TOML text, else the registry's."""
-    gates = parse_gates(gates_toml) if gates_toml else None
-    source = "the uploaded gates file" if gates_toml else "registry defaults"
-    return weekly_report(_wh(url), week, gates=gates, gates_source=source, candidate=candidate,
-                         baseline=baseline)  # fmt: skip
+    """The report the export buttons download: :func:`release_review` with the week's telemetry
+    (``app.report.weekly_report``)."""
+    review = release_review(url, week, candidate, baseline, gates_toml)
+    return weekly_report(_wh(url), week, candidate=candidate, baseline=baseline,
+                         reviews=[review])  # fmt: skip
 
 
 def _midnight(day: dt.date) -> dt.datetime:

@@ -181,6 +181,15 @@ def test_release_review_page_shows_the_verdict_gates_and_export(url):
     assert any(aw.RUN_ID in m.value and "simulated" in m.value for m in at.markdown)
 
 
+def test_the_export_is_the_pages_review_with_charts_and_telemetry(url):
+    review = ui.release_review(url, aw.WEEK, aw.CANDIDATE, aw.BASELINE, None)
+    report = ui.weekly(url, aw.WEEK, aw.CANDIDATE, aw.BASELINE, None)
+    assert [r.to_frame().to_dicts() for r in report.reviews] == [review.to_frame().to_dicts()]
+    assert {m for m, _ in report.telemetry} >= {"thumbs_down_rate", "session_turns"}
+    html = report.html()
+    assert html.count("<svg") >= 10 and review.summary("html") in html
+
+
 def test_release_review_reads_the_gates_file_named_in_the_environment(url, tmp_path):
     gates = tmp_path / "gates.toml"
     gates.write_text(

@@ -53,8 +53,7 @@ with ui.page_guard():
     elif gates_path:
         gates_text = Path(gates_path).read_text()
 
-    report = ui.weekly(url, week, candidate, baseline, gates_text)
-    (review,) = report.reviews
+    review = ui.release_review(url, week, candidate, baseline, gates_text)
     verdict = {
         "pass": st.success,
         "fail": st.error,
@@ -69,11 +68,16 @@ with ui.page_guard():
         f"week before. Gates: {review.gates_source}."
     )
     left, right = st.columns(2)
-    left.download_button("Export HTML", report.html, file_name=f"telltale-review-{week}.html",
-                         mime="text/html", on_click="ignore")  # fmt: skip
-    right.download_button("Export Markdown", report.markdown,
-                          file_name=f"telltale-review-{week}.md", mime="text/markdown",
-                          on_click="ignore")  # fmt: skip
+    # the report (charts rendered to SVG, the week's telemetry) is built when a button is used
+    left.download_button(
+        "Export HTML", lambda: ui.weekly(url, week, candidate, baseline, gates_text).html(),
+        file_name=f"telltale-review-{week}.html", mime="text/html", on_click="ignore",
+    )  # fmt: skip
+    right.download_button(
+        "Export Markdown",
+        lambda: ui.weekly(url, week, candidate, baseline, gates_text).markdown(),
+        file_name=f"telltale-review-{week}.md", mime="text/markdown", on_click="ignore",
+    )  # fmt: skip
 
     st.subheader("Gates")
     gates = review.to_frame()
