@@ -26,15 +26,15 @@ the warehouse's hourly rollups):
    - another version serving alone (after a full switch) is expected at its own level, or the
      incumbent's if it has too little history.
 
-2. **Standardised residuals.** An hour's rate varies by ``phi * v(E) / n + 24 tau^2 + s_t``:
+2. **Standardised residuals.** An hour's rate varies by ``(1 + kappa) phi v(E) / n + s_t``:
    ``v(p) = p(1-p)`` for shares (thumbs down per rating), ``v(p) = p`` for counts per unit
    (retries per response), ``v = 1`` for means (turns per session; ``phi`` is then the
    per-unit variance), ``n`` the hour's denominator; ``phi`` the series' overdispersion (the
    Pearson statistic of its hourly residuals in the baseline window: users rate several
-   responses); ``tau^2`` the variance of a whole day's departure that hourly noise does not
-   explain (pooled per version over its series, spread over the day's hours); ``s_t`` the
-   part of the fit's own error that changes from hour to hour (the weekly shape is known from
-   only a few weeks). A concurrent expectation adds the incumbent's variance that hour.
+   responses); ``kappa`` how much more a whole day's mean departs than its hours say (heavy
+   users make a segment's day; pooled per version over its series); ``s_t`` the part of the
+   fit's own error that changes from hour to hour (the weekly shape is known from only a few
+   weeks). A concurrent expectation adds the incumbent's variance that hour.
 
 3. **Sequential detector.** A one-sided CUSUM of log-likelihood ratios (Page 1954) in the bad
    direction: each hour adds ``(D/V) (O - E) - D^2 / (2V)``, ``D`` the design shift
@@ -485,7 +485,7 @@ def _expect(
             (s, levels[i], code == i) for i in np.flatnonzero(share >= policy.min_segment_share)
         ]
     out: list[pl.DataFrame] = []
-    day_excess: dict[str, np.ndarray] = {}
+    day_excess: dict[str, list[np.ndarray]] = {}
     for column, value, rows in keys:
         x = np.column_stack(
             [np.eye(len(names))[version[rows]], seasonal[rows]]
@@ -496,7 +496,7 @@ def _expect(
             policy, variance,
         )  # fmt: skip
         for v, sums in excess.items():
-            day_excess.setdefault(names[v], np.zeros(3))[:] += sums
+            day_excess.setdefault(names[v], []).append(sums)
         if frame.height:
             start = fit_lo + fit_hours * _HOUR
             out.append(
@@ -508,32 +508,40 @@ def _expect(
             )
     if not out:
         return pl.DataFrame()
-    # Days share shocks that hourly noise does not show (the news, the weather, a heavy user's
-    # day): a day's mean residual varies by tau^2 beyond its sampling variance. Pooled per
-    # version over all its series (one series has too few days to say), tau^2 is spread over
-    # the day's hours (24 tau^2 each: a day of hours then varies as the baseline days did) and
-    # adds tau^2 / days to the level's error. A version without baseline days takes the
-    # incumbent's.
-    tau2 = pl.DataFrame(
+    # Days share what hourly noise does not show: a few heavy users make a segment's day, the
+    # news moves everyone's. Per version, over all its series (one series has too few days to
+    # say), a day's mean residual varies (1 + kappa) times as much as sampling explains; every
+    # hour's variance, and the level's error, grow by as much (a day of hours then varies as
+    # the baseline days did). A version without baseline days takes the incumbent's kappa.
+    kappas = pl.DataFrame(
         {
             "version": list(day_excess),
-            "tau2": [max(0.0, (m2 - s2) / nd) for m2, s2, nd in day_excess.values()],
+            "kappa": [_day_dispersion(np.array(rows)) for rows in day_excess.values()],
         },
-        schema={"version": pl.String, "tau2": pl.Float64},
+        schema={"version": pl.String, "kappa": pl.Float64},
     )
-    own = tau2.rename({"version": "model_version"})
-    inherited = tau2.rename({"version": "baseline_version", "tau2": "ref_tau2"})
+    own = kappas.rename({"version": "model_version"})
+    inherited = kappas.rename({"version": "baseline_version", "kappa": "ref_kappa"})
     return (
         pl.concat(out)
         .join(own, on="model_version", how="left")
         .join(inherited, on="baseline_version", how="left")
-        .with_columns(pl.coalesce("tau2", "ref_tau2", pl.lit(0.0)).alias("tau2"))
-        .drop("ref_tau2")
-        .with_columns(
-            pl.col("variance") + 24 * pl.col("tau2"),
-            pl.col("bias_var") + pl.col("tau2") / policy.baseline_days,
-        )
+        .with_columns(pl.coalesce("kappa", "ref_kappa", pl.lit(0.0)).alias("kappa"))
+        .drop("ref_kappa")
+        .with_columns(pl.col("variance", "bias_var") * (1 + pl.col("kappa")))
     )
+
+
+def _day_dispersion(rows: np.ndarray) -> float:
+    """``kappa`` from one row per series: the sums over baseline days of ``N_d m_d^2``
+    (corrected for the freedom the fit took), ``N_d s_d`` and ``N_d``, with ``m_d`` a day's
+    mean residual and ``s_d`` its sampling variance: the series' mean squared daily residuals
+    over their mean sampling variances, summed across series, minus one (at least 0)."""
+    ok = (rows[:, 2] > 0) & (rows[:, 1] > 0)
+    if not ok.any():
+        return 0.0
+    m2, s2 = rows[ok, 0] / rows[ok, 2], rows[ok, 1] / rows[ok, 2]
+    return max(0.0, float(np.sum(m2) / np.sum(s2)) - 1)
 
 
 def _quadratic(rows: np.ndarray, matrix: np.ndarray) -> np.ndarray:
@@ -612,7 +620,8 @@ def _series_expectation(
         seen = n[v, :fit_hours] > 0
         if seen.sum() <= 2 * dof:
             continue
-        e = own_level[v, :fit_hours]
+        # Hours the version did not serve weigh nothing (their rates are NaN).
+        e = np.where(seen, own_level[v, :fit_hours], rate)
         r = np.where(seen, observed[v, :fit_hours] - e, 0.0)
         unit_var = _var(e, variance, floor)
         pearson = float(np.sum(n[v, :fit_hours] * r**2 / unit_var)) / (seen.sum() - dof)
@@ -757,7 +766,7 @@ def _run_cusum(
                 **dict(zip(keys, key, strict=True)),
                 "hours": len(o),
                 "phi": float(group["phi"][0]),
-                "day_tau": float(np.sqrt(group["tau2"][0])),
+                "day_kappa": float(group["kappa"][0]),
                 "snr": float(np.sqrt(np.mean(c2))),
                 "bias_sd": bias_sd,
                 "threshold": h,
