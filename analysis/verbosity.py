@@ -69,7 +69,7 @@ def check_verbosity(
     treated: str,
     user: str,
     mediator: str = "mean_completion_tokens",
-    hour_of_week: str | None = "hour_of_week",
+    period: str | None = "hour",
     segments: Sequence[str] = (),
     metric: str = "",
     confidence: float = 0.95,
@@ -77,13 +77,13 @@ def check_verbosity(
     """Effect of ``treated`` on ``outcome`` with and without ``mediator`` held fixed."""
     data = complete_rows(
         frame,
-        [outcome, treated, user, mediator, *segments, *([hour_of_week] if hour_of_week else [])],
+        [outcome, treated, user, mediator, *segments, *([period] if period else [])],
     )
     y = data[outcome].cast(pl.Float64).to_numpy()
     d = data[treated].cast(pl.Float64).to_numpy()
     m = data[mediator].cast(pl.Float64).to_numpy()
     users = cell_keys(data, [user])
-    cells = cell_keys(data, [hour_of_week] if hour_of_week else [], segments)
+    cells = cell_keys(data, [period] if period else [], segments)
 
     def effect(term: str, target: np.ndarray, x: np.ndarray) -> Estimate:
         beta, cov, n_users = absorb_and_fit(target, x, cells, users)

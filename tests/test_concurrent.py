@@ -41,7 +41,7 @@ def responses(
         {
             "user_id": u.astype(str),
             "treated": treated[u],
-            "hour_of_week": how,
+            "hour": how,
             "locale": locale[u],
             "thumbs_down": y,
             "pre_rate": pre[u],
@@ -52,9 +52,9 @@ def responses(
 def test_matches_a_dummy_variable_regression_exactly():
     rng = np.random.default_rng(1)
     frame = responses(rng, users=120, effect=0.05)
-    frame = frame.with_columns((pl.col("hour_of_week") % 7).alias("day"))  # few cells: dummies
+    frame = frame.with_columns((pl.col("hour") % 7).alias("day"))  # few cells: dummies
     ours = compare_concurrent(
-        frame, outcome="thumbs_down", treated="treated", user="user_id", hour_of_week="day",
+        frame, outcome="thumbs_down", treated="treated", user="user_id", period="day",
         segments=["locale"],
     )  # fmt: skip
     pdf = frame.with_columns(pl.col("treated").cast(pl.Int8)).to_pandas()

@@ -20,7 +20,7 @@ def sessions(rng: np.random.Generator, *, direct: float, users: int = 800) -> pl
         {
             "user_id": u.astype(str),
             "treated": t,
-            "hour_of_week": rng.integers(0, 168, len(u)),
+            "hour": rng.integers(0, 168, len(u)),
             "seconds": seconds,
             "mean_completion_tokens": tokens,
         }

@@ -113,7 +113,7 @@ def response_outcomes(
     return wh.query_frame(
         f"""
         SELECT r.user_id AS user_id, r.request_id AS request_id, r.ts AS ts,
-            (toDayOfWeek(r.ts) - 1) * 24 + toHour(r.ts) AS hour_of_week,
+            toStartOfHour(r.ts) AS hour,
             r.model_version AS model_version, r.variant AS variant, r.locale AS locale,
             r.platform AS platform, r.intent AS intent, r.cohort AS cohort,
             toUInt8(r.refused) AS refused, r.completion_tokens AS completion_tokens,
@@ -151,7 +151,7 @@ def session_outcomes(
     return wh.query_frame(
         f"""
         SELECT s.session_id AS session_id, s.user_id AS user_id, s.ts AS ts,
-            (toDayOfWeek(s.ts) - 1) * 24 + toHour(s.ts) AS hour_of_week,
+            toStartOfHour(s.ts) AS hour,
             r.model_version AS model_version, r.locale AS locale, r.platform AS platform,
             r.cohort AS cohort, toFloat64(ifNull(s.turns, 0)) AS turns,
             ifNull(s.seconds, 0) AS seconds, toUInt8(s.task_completed IS NOT NULL) AS known,
