@@ -175,11 +175,13 @@ def weekly_report(
     candidate: str | None = None,
     baseline: str | None = None,
     reviews: Sequence[ReleaseReview] | None = None,
+    shadow_run_ids: Sequence[str] | None = None,
 ) -> WeeklyReport:
     """The review of ``week`` (``2026-W41``): every model version that served in it other than
     the baseline (``candidate`` alone if given) reviewed against the baseline (default: the
     oldest version that served this week or the week before). ``reviews`` already made for
-    this week (the app's page has one) are used as they are.
+    this week (the app's page has one) are used as they are. ``shadow_run_ids``: the shadow
+    runs to show (default: each candidate's, see :func:`app.review.review_release`).
     """
     since, until = parse_week(week)
     before = since - dt.timedelta(days=7)
@@ -198,7 +200,7 @@ def weekly_report(
         reviews = [
             review_release(
                 wh, candidate=c, baseline=baseline, since=since, until=until, gates=gates,
-                gates_source=gates_source,
+                gates_source=gates_source, shadow_run_ids=shadow_run_ids,
             )
             for c in candidates
             if baseline is not None

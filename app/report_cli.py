@@ -60,6 +60,13 @@ def weekly(
             "week or the week before)."
         ),
     ] = None,
+    shadow_run: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Shadow run to show (repeatable; default: the runs whose candidate model's name "
+            "contains the candidate version)."
+        ),
+    ] = None,
     fail_on_gate: Annotated[
         bool, typer.Option(help=f"Exit with status {EXIT_GATE_FAILED} if any gate fails.")
     ] = False,
@@ -90,7 +97,8 @@ def weekly(
         with warehouse.connect(url) as wh:
             warehouse.migrate(wh)
             report = weekly_report(wh, week, gates=gate_list, gates_source=source,
-                                   candidate=candidate, baseline=baseline)  # fmt: skip
+                                   candidate=candidate, baseline=baseline,
+                                   shadow_run_ids=shadow_run or None)  # fmt: skip
     except (warehouse.WarehouseError, analysis.AnalysisError, shadow.ShadowError) as e:
         raise _error(str(e)) from None
     html_path, md_path = report.write(out)

@@ -65,6 +65,7 @@ __all__ = [
     "segment_effects",
     "segment_values",
     "shadow_headline",
+    "simulated_run",
 ]
 
 Outcome = Literal["pass", "fail", "inconclusive"]
@@ -527,13 +528,14 @@ def _shadow_reviews(
 ) -> tuple[ShadowRunReview, ...]:
     runs = warehouse.shadow_runs(wh)
     if run_ids is None:
-        runs = runs.filter(pl.col("candidate_model") == candidate)
+        # a simulated stand-in is named after the version it plays (simulated-<version>)
+        runs = runs.filter(pl.col("candidate_model").str.contains(candidate, literal=True))
     else:
         runs = runs.filter(pl.col("run_id").is_in(list(run_ids)))
     out = []
     for run in runs.iter_rows(named=True):
         stored = warehouse.shadow_run(wh, run["run_id"]) or {}
-        simulated = bool(_settings(stored.get("settings_json")).get("simulated", False))
+        simulated = simulated_run(_settings(stored.get("settings_json")), run["candidate_model"])
         results = warehouse.shadow_results(wh, run["run_id"])
         comparison, note = None, ""
         if not results.height:
@@ -548,6 +550,12 @@ def _shadow_reviews(
         out.append(ShadowRunReview(run["run_id"], run["status"], run["created_at"], simulated,
                                    comparison, note))  # fmt: skip
     return tuple(out)
+
+
+def simulated_run(settings: Mapping[str, Any], candidate_model: str) -> bool:
+    """Whether a shadow run's answers were made up rather than produced by a model: its
+    settings say ``"simulated": true``, or its candidate is named ``simulated-...``."""
+    return bool(settings.get("simulated", False)) or candidate_model.startswith("simulated-")
 
 
 def _settings(text: str | None) -> dict[str, Any]:

@@ -17,7 +17,14 @@ from test_cli import telltale
 import analysis
 import warehouse
 from app.report import parse_week, weekly_report
-from app.review import GateError, default_gates, judge_gate, parse_gates, review_release
+from app.review import (
+    GateError,
+    default_gates,
+    judge_gate,
+    parse_gates,
+    review_release,
+    simulated_run,
+)
 
 import app_warehouse as aw
 
@@ -157,6 +164,12 @@ def test_the_shadow_run_and_its_examples_are_in_the_review(review):
     assert review.examples["sample_id"].n_unique() == review.examples.height
 
 
+def test_a_run_is_simulated_by_its_settings_or_its_name():
+    assert simulated_run({"simulated": True}, aw.CANDIDATE)
+    assert simulated_run({}, f"simulated-{aw.CANDIDATE}")
+    assert not simulated_run({"runner": {}}, aw.CANDIDATE)
+
+
 @pytest.mark.parametrize("fmt", ["text", "markdown", "html"])
 def test_the_summary_names_every_gate_and_the_verdict(review, fmt):
     text = review.summary(fmt)
@@ -207,11 +220,13 @@ def test_report_weekly_gates_file_and_fail_on_gate(url, tmp_path):
         + "[gates.retention_d7]\nskip = true\n"
     )
     res = telltale("report", "weekly", "--week", aw.WEEK, "-w", url, "--out", str(tmp_path),
-                   "--gates", str(lenient), "--fail-on-gate", cwd=tmp_path)  # fmt: skip
+                   "--gates", str(lenient), "--fail-on-gate", "--shadow-run", "no-such-run",
+                   cwd=tmp_path)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert "FAIL" not in res.stderr
     markdown = (tmp_path / f"telltale-weekly-{aw.WEEK}.md").read_text()
     assert "| retention_d7 |" not in markdown and str(lenient) in markdown
+    assert aw.RUN_ID not in markdown and "No shadow run" in markdown
     strict = tmp_path / "strict.toml"
     strict.write_text("".join(f"[gates.{m}]\nthreshold = 0.0\n" for m in analysis.METRICS))
     res = telltale("report", "weekly", "--week", aw.WEEK, "-w", url, "--out", str(tmp_path),

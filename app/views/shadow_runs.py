@@ -10,7 +10,7 @@ import streamlit as st
 
 import shadow
 from app import charts, ui
-from app.review import shadow_headline
+from app.review import shadow_headline, simulated_run
 
 st.title("Shadow runs")
 
@@ -34,7 +34,7 @@ with ui.page_guard():
     ui.table(runs)
     run_id = ui.url_select("Run", runs["run_id"].to_list(), key="run")
     run = runs.filter(pl.col("run_id") == run_id).row(0, named=True)
-    if ui.shadow_settings(url, run_id).get("simulated"):
+    if simulated_run(ui.shadow_settings(url, run_id), run["candidate_model"]):
         st.info(
             f"Run {run_id} is **simulated**: its answers were made up from production's to "
             "exercise the pipeline, not produced by a model."
