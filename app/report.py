@@ -20,7 +20,7 @@ import analysis
 import warehouse
 from app import charts
 from app.review import Gate, ReleaseReview, review_release
-from app.telemetry import metric_cells, metric_series, model_versions
+from app.telemetry import daily_volume, metric_cells, metric_series, model_versions
 
 __all__ = ["WeeklyReport", "parse_week", "weekly_report"]
 
@@ -185,7 +185,7 @@ def weekly_report(
     """
     since, until = parse_week(week)
     before = since - dt.timedelta(days=7)
-    daily = warehouse.daily_summary(wh)
+    daily = daily_volume(wh)
     around = model_versions(daily, since=before.date(), until=until.date())
     this_week = model_versions(daily, since=since.date(), until=until.date())
     baseline = baseline or (around[0] if around else None)

@@ -414,7 +414,9 @@ def segment_values(
     ``[since, until)``."""
     out = []
     for column in columns:
-        frame = warehouse.hourly_rollup(wh, since=since, until=until, group_by=[column])
+        frame = warehouse.hourly_rollup(
+            wh, since=since, until=until, group_by=[column], latency=False
+        )
         out += [(column, v) for v in sorted(frame[column].unique().to_list()) if v]
     return out
 

@@ -11,7 +11,16 @@ import polars as pl
 import analysis
 import warehouse
 
-__all__ = ["expectation_band", "metric_cells", "metric_series", "model_versions"]
+__all__ = [
+    "daily_volume",
+    "expectation_band",
+    "metric_cells",
+    "metric_series",
+    "model_versions",
+]
+
+# every hour the rollup can hold (its DateTime column ends in 2106)
+_ALL_TIME = (dt.datetime(1970, 1, 2), dt.datetime(2106, 1, 1))
 
 Granularity = Literal["hour", "day"]
 
@@ -36,11 +45,11 @@ def metric_cells(
         )
     if segment is not None and segment[0] == "intent" and m.unit is analysis.Unit.SESSION:
         raise analysis.AnalysisError(f"sessions carry no intent: pick another segment for {metric}")
-    query = (
-        warehouse.hourly_sessions if m.unit is analysis.Unit.SESSION else warehouse.hourly_rollup
-    )
     dims = ["model_version", *([segment[0]] if segment else [])]
-    cells = query(wh, since=since, until=until, group_by=dims)
+    if m.unit is analysis.Unit.SESSION:
+        cells = warehouse.hourly_sessions(wh, since=since, until=until, group_by=dims)
+    else:
+        cells = warehouse.hourly_rollup(wh, since=since, until=until, group_by=dims, latency=False)
     if segment is not None:
         cells = cells.filter(pl.col(segment[0]) == segment[1])
     return (
@@ -120,10 +129,22 @@ def expectation_band(
     return band, fit
 
 
+def daily_volume(wh: warehouse.Warehouse) -> pl.DataFrame:
+    """Responses per UTC day and model version, all time: ``day``, ``model_version``,
+    ``responses`` (the rollup's sums only, without ``daily_summary``'s latency quantiles)."""
+    hourly = warehouse.hourly_rollup(wh, since=_ALL_TIME[0], until=_ALL_TIME[1], latency=False)
+    return (
+        hourly.filter(pl.col("model_version") != "")
+        .group_by(pl.col("hour").dt.date().alias("day"), "model_version")
+        .agg(pl.col("responses").sum())
+        .sort("day", "model_version")
+    )
+
+
 def model_versions(daily: pl.DataFrame, *, since: dt.date, until: dt.date) -> list[str]:
     """The model versions that served in ``[since, until)`` (``daily`` as
-    ``warehouse.daily_summary`` returns it), oldest first: by the first day each served, then
-    by name."""
+    :func:`daily_volume` returns it), oldest first: by the first day each served, then by
+    name."""
     served = daily.filter(
         (pl.col("day") >= since) & (pl.col("day") < until) & (pl.col("responses") > 0)
     )["model_version"].unique()

