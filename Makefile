@@ -11,7 +11,8 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-## demo: simulate a week of traffic, ingest it into the embedded warehouse, print a summary
+## demo: two months of simulated traffic through ingest, shadow replay, attribution, alerts and
+## the weekly review into the embedded warehouse; then the app on http://127.0.0.1:8501
 demo: $(BIN)/.installed
 	$(BIN)/telltale demo
 

@@ -7,7 +7,7 @@ import faulthandler
 import logging
 import signal
 import sys
-import tempfile
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -17,13 +17,16 @@ from rich.console import Console
 from rich.table import Table
 
 import analysis
+import shadow
 import warehouse
 from app.alerts_cli import alerts_app
 from app.attribution import DESIGNS
 from app.attribution import attribute as run_attribution
+from app.demo import DemoSettings, run_demo
+from app.demo import headline as demo_headline
 from app.options import WarehouseUrl
 from app.report_cli import report_app
-from app.serve import app_command
+from app.serve import app_command, serve
 from app.shadow_cli import shadow_app
 from ingest import (
     EventSink,
@@ -475,42 +478,61 @@ def attribute(
 
 @app.command()
 def demo(
-    days: Annotated[int, typer.Option(help="Days of traffic to simulate.")] = 7,
-    start: Annotated[
-        dt.datetime,
-        typer.Option(
-            formats=["%Y-%m-%d"],
-            help="First simulated day. The default week opens the new model's A/B test at 5%.",
-        ),
-    ] = dt.datetime(2026, 9, 8),
+    days: Annotated[int, typer.Option(help="Days of traffic to simulate.")] = 60,
+    users: Annotated[int, typer.Option(help="Simulated users at the start.")] = 8000,
     seed: Annotated[int, typer.Option(help="Simulation seed.")] = 7,
+    candidate_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Replay on this OpenAI-compatible endpoint (ending in /v1) instead of the "
+            "simulated candidate."
+        ),
+    ] = None,
+    candidate_model: Annotated[
+        str | None, typer.Option(help="The model name the endpoint serves.")
+    ] = None,
+    open_app: Annotated[
+        bool, typer.Option("--app/--no-app", help="Open the Streamlit app at the end.")
+    ] = True,
+    port: Annotated[int, typer.Option(help="The app's port on 127.0.0.1.")] = 8501,
     url: WarehouseUrl = None,
 ) -> None:
-    """Simulate a week of traffic, ingest it into the embedded warehouse, print a summary.
+    """Two months of simulated product traffic through every part of Telltale, then the app.
 
-    Needs no Kafka and no server: the warehouse is embedded (chdb) under ./.telltale/. The
-    simulated week has a new model version in a staged A/B test beside the current one.
+    Simulates ~60 days (a staged A/B of a new model, its full switch, an influx of new users, a
+    UI release, a holiday; every effect planted and written down), ingests them through the
+    real ingest path into the embedded warehouse (./.telltale/, no server needed), replays a
+    sample of production prompts on a simulated candidate over HTTP (or --candidate-url),
+    attributes every metric across the switch, runs the regression alerts, writes the weekly
+    release review to .telltale/reports/, and opens the app on 127.0.0.1. Running it again
+    stores nothing twice.
     """
-    sc = Scenario.default().evolve(start=start.date(), days=days)
-    with tempfile.TemporaryDirectory(prefix="telltale-demo-") as tmp:
-        console.print(f"[bold]1/3[/] simulating {days} days of traffic (seed {seed})")
-        sim = write_files(sc, Path(tmp), seed=seed, fmt="jsonl.gz", progress=True)
-        console.print("[bold]2/3[/] ingesting through the backfill path")
-        with _open(url) as wh:
-            try:
-                backfill(EventSink(wh), list(sim.event_files), progress=True)
-            except (IngestError, warehouse.WarehouseError) as e:
-                raise _fail(str(e)) from None
-            console.print("[bold]3/3[/] summary")
-            _print_frame(warehouse.event_counts(wh), "events in the warehouse")
-            _print_frame(
-                _daily_table(warehouse.daily_summary(wh)), "daily summary (from the hourly rollup)"
-            )
-        console.print(
-            "The daily rates move with the weekday and with who lands in each arm, not only "
-            "with the model. Inspect the warehouse again with `telltale warehouse stats`; "
-            "running the demo again stores nothing twice."
-        )
+    if candidate_url and not candidate_model:
+        raise _fail("--candidate-url needs --candidate-model (the name the endpoint serves)")
+    settings = DemoSettings(
+        days=days,
+        users=users,
+        seed=seed,
+        candidate_url=candidate_url,
+        candidate_model=candidate_model,
+    )
+    started = time.perf_counter()
+    with _open(url) as wh:
+        try:
+            found = run_demo(wh, settings, console)
+        except (IngestError, warehouse.WarehouseError, shadow.ShadowError) as e:
+            raise _fail(str(e)) from None
+    setup = time.perf_counter() - started
+    _print_frame(demo_headline(found), "the candidate's effect at full exposure, across the switch")
+    if "comparison" in found["shadow"]:
+        out.print(found["shadow"]["comparison"].summary("text"), markup=False, highlight=False)
+    console.print(found["alerts"], highlight=False)
+    html, markdown = found["report"]
+    console.print(f"weekly release review: {html} and {markdown}")
+    console.print(f"[bold]set-up took {setup:.0f} s[/]")
+    if open_app:
+        console.print(f"opening the app on http://127.0.0.1:{port} (Ctrl-C to stop)")
+        raise typer.Exit(serve(url, port=port))
 
 
 def main() -> None:

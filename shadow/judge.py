@@ -41,6 +41,7 @@ from statsmodels.tools.sm_exceptions import PerfectSeparationWarning
 
 from shadow.errors import TerminalShadowError
 from shadow.results import BOOTSTRAP_DRAWS, Interval, bootstrap_counts, render_table
+from shadow.sample import Sample
 from shadow.targets import ChatRequest, HttpTarget
 from warehouse import SHADOW_JUDGMENT_SCHEMA
 
@@ -714,3 +715,29 @@ class JudgeClient:
         return pl.DataFrame(
             [{"run_id": run_id, **r} for r in rows], schema=SHADOW_JUDGMENT_SCHEMA, orient="row"
         )
+
+    async def judge_run(self, samples: Sequence[Sample], results: pl.DataFrame) -> pl.DataFrame:
+        """Judge a stored run: each candidate answer against the production answer recorded
+        for the same (redacted) request, in both orders. Samples without a production answer,
+        or whose candidate request failed, are not judged. The production side is named by its
+        model version, as :func:`shadow.compare_shadow` expects."""
+        prompts = {s.sample_id: (s.messages[-1][1], s.model_version) for s in samples}
+        answered = results.filter(
+            (pl.col("arm") == "candidate")
+            & (pl.col("status") == "ok")
+            & pl.col("production_output").is_not_null()
+        )
+        pairs = [
+            PairToJudge(
+                sample_id=row["sample_id"],
+                prompt=prompts[row["sample_id"]][0],
+                model_1=row["model"],
+                output_1=row["output"],
+                model_2=prompts[row["sample_id"]][1],
+                output_2=row["production_output"],
+            )
+            for row in answered.iter_rows(named=True)
+            if row["sample_id"] in prompts
+        ]
+        run_ids = results["run_id"].unique().to_list()
+        return await self.judge(pairs, run_id=run_ids[0] if run_ids else "")

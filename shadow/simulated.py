@@ -64,9 +64,9 @@ def _answer(model: SimulatedModel, prompt: str, max_tokens: int | None) -> tuple
     """The answer's tokens (words) and finish reason."""
     if _draw(model.name, "refuse", prompt) < model.refusal_rate:
         return _REFUSAL.split(" "), "stop"
-    # Baseline length grows with the prompt, with noise; the candidate multiplies it.
-    base = 20 + len(prompt.split()) * (0.5 + _draw("len", prompt))
-    n = max(3, int(base * model.verbosity))
+    # About as long as the simulator's recorded answers (6-18 words), fixed by the prompt so
+    # that two models answering the same prompt differ by their verbosity alone.
+    n = max(3, round((6 + 12 * _draw("len", prompt)) * model.verbosity))
     start = int(_draw("start", prompt) * len(_WORDS))
     tokens = ["[simulated]"] + [_WORDS[(start + i) % len(_WORDS)] for i in range(n)]
     if max_tokens is not None and len(tokens) > max_tokens:
@@ -182,6 +182,9 @@ def _chunks(
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     models: dict[str, SimulatedModel]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client closing its keep-alive connection is how HTTP clients end; not an error."""
 
 
 class SimulatedEndpoint:
