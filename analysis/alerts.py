@@ -638,7 +638,9 @@ def _series_expectation(
     phi_ref = phi[ref] if not np.isnan(phi[ref]) else 1.0
     later = slice(fit_hours, n_hours)
     ref_n, ref_o, ref_e = n[ref, later], observed[ref, later], own_level[ref, later]
-    ref_var = phi_ref * _var(ref_e, variance, floor) / ref_n
+    # Hours a version did not serve divide by NaN, not 0: they are dropped below.
+    served_n = np.where(n > 0, n, np.nan)
+    ref_var = phi_ref * _var(ref_e, variance, floor) / served_n[ref, later]
     frames = []
     for v in range(k):
         served = n[v, later] > 0
@@ -648,10 +650,9 @@ def _series_expectation(
         ph = phi[v] if own and not np.isnan(phi[v]) else phi_ref
         seasonal = (own_level if own else ref_level)[v, later]
         expected = seasonal.copy()
-        var = ph * _var(seasonal, variance, floor) / n[v, later]
+        var = ph * _var(seasonal, variance, floor) / served_n[v, later]
         basis = np.full(n_hours - fit_hours, "seasonal" if own else "inherited", dtype=object)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            design_row = rows[v, later] / n[v, later, None]
+        design_row = rows[v, later] / served_n[v, later, None]
         chosen = np.zeros((len(seasonal), k))
         chosen[:, v if own else ref] = 1.0
         # What the expectation's estimation error depends on, hour by hour: the coefficients

@@ -123,7 +123,7 @@ def quiet_scenarios() -> dict[str, Scenario]:
     }
 
 
-def false_alarms(seed: int) -> list[dict[str, Any]]:
+def false_alarms(seed: int, policy: analysis.AlertPolicy) -> list[dict[str, Any]]:
     """One row per series of the null month: its alarms and how its expectation was formed."""
     cells = cells_of(null_scenario(), seed)
     rows = []
@@ -134,16 +134,17 @@ def false_alarms(seed: int) -> list[dict[str, Any]]:
             since=NULL_START,
             until=NULL_START + dt.timedelta(days=NULL_DAYS),
             segments=SEGMENTS,
+            policy=policy,
             refit_hours=72,
         )
         for d in scan.diagnostics.iter_rows(named=True):
-            rows.append({"seed": seed, "metric": metric, **d})
+            rows.append({"seed": seed, "metric": metric, "alarm": False, **d})
         for a in scan.alarms.iter_rows(named=True):
             rows.append({"seed": seed, "metric": metric, "alarm": True, **a})
     return rows
 
 
-def delay(seed: int, size: float) -> dict[str, Any]:
+def delay(seed: int, size: float, policy: analysis.AlertPolicy) -> dict[str, Any]:
     """Hours from the switch to the candidate's first thumbs-down alarm."""
     cells = cells_of(planted_scenario(size), seed)
     scan = analysis.detect_regressions(
@@ -152,6 +153,7 @@ def delay(seed: int, size: float) -> dict[str, Any]:
         since=SWITCH - dt.timedelta(hours=24),
         until=SWITCH + dt.timedelta(hours=72),
         segments=SEGMENTS,
+        policy=policy,
     )
     mine = scan.alarms.filter(pl.col("model_version") == "assistant-2026-09")
 
@@ -171,7 +173,7 @@ def delay(seed: int, size: float) -> dict[str, Any]:
     }
 
 
-def quiet(seed: int) -> list[dict[str, Any]]:
+def quiet(seed: int, policy: analysis.AlertPolicy) -> list[dict[str, Any]]:
     """Alarms in the three days after each change that is not the model's."""
     rows = []
     for name, sc in quiet_scenarios().items():
@@ -183,6 +185,7 @@ def quiet(seed: int) -> list[dict[str, Any]]:
                 since=QUIET_AT,
                 until=QUIET_AT + dt.timedelta(days=3),
                 segments=SEGMENTS,
+                policy=policy,
             )
             rows.append(
                 {
@@ -204,8 +207,7 @@ def quiet(seed: int) -> list[dict[str, Any]]:
 def summarise_false_alarms(rows: list[dict[str, Any]]) -> pl.DataFrame:
     """Alarms per series per 30 days, by metric and over all, with the series counted."""
     frame = pl.DataFrame(rows, infer_schema_length=None)
-    series = frame.filter(pl.col("alarm").is_null())
-    alarms = frame.filter(pl.col("alarm").is_not_null())
+    series, alarms = frame.filter(~pl.col("alarm")), frame.filter(pl.col("alarm"))
     per_metric = (
         series.group_by("metric")
         .agg(pl.len().alias("series"))
@@ -225,10 +227,15 @@ def main() -> None:
     parser.add_argument("--delay-seeds", type=int, default=20)
     parser.add_argument("--quiet-seeds", type=int, default=3)
     parser.add_argument("--size", type=float, default=TEN_PERCENT)
+    parser.add_argument(
+        "--false-alarm-days", type=float, default=analysis.AlertPolicy().false_alarm_days,
+        help="in-control days between false alarms per series (the threshold's calibration)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    policy = analysis.AlertPolicy(false_alarm_days=args.false_alarm_days)
     started = time.monotonic()
-    report: dict[str, Any] = {"generator": "bench/alerts.py", "policy": str(analysis.AlertPolicy())}
+    report: dict[str, Any] = {"generator": "bench/alerts.py", "policy": str(policy)}
 
     truth = ground_truth(planted_scenario(args.size), seed=1)
     planted = next(
@@ -241,7 +248,7 @@ def main() -> None:
 
     delays = []
     for seed in range(1, args.delay_seeds + 1):
-        delays.append(delay(seed, args.size))
+        delays.append(delay(seed, args.size, policy))
         print(f"delay seed {seed}: {delays[-1]} ({time.monotonic() - started:.0f} s)", flush=True)
     report["delays"] = delays
     for column in ("overall_hours", "any_segment_hours") if delays else ():
@@ -260,26 +267,33 @@ def main() -> None:
 
     quiet_rows = []
     for seed in range(1, args.quiet_seeds + 1):
-        quiet_rows += quiet(seed)
-        print(f"quiet seed {seed} ({time.monotonic() - started:.0f} s)", flush=True)
-    q = (
-        pl.DataFrame(quiet_rows)
-        .group_by("scenario", "metric")
-        .agg(pl.col("series").sum(), pl.col("alarms").sum(), pl.col("where").flatten())
-    )
-    report["quiet"] = q.sort("scenario", "metric").to_dicts()
-    with pl.Config(tbl_rows=50, tbl_width_chars=200, fmt_str_lengths=120):
-        print(q.sort("scenario", "metric"), flush=True)
+        rows = quiet(seed, policy)
+        quiet_rows += rows
+        print(f"quiet seed {seed} ({time.monotonic() - started:.0f} s): "
+              f"{[(r['scenario'], r['metric'], r['where']) for r in rows if r['alarms']]}",
+              flush=True)  # fmt: skip
+    if quiet_rows:
+        where = pl.col("where").explode(keep_nulls=False, empty_as_null=False)
+        q = (
+            pl.DataFrame(quiet_rows)
+            .group_by("scenario", "metric")
+            .agg(pl.col("series", "alarms").sum(), where)
+            .sort("scenario", "metric")
+        )
+        report["quiet"] = q.to_dicts()
+        with pl.Config(tbl_rows=50, tbl_width_chars=200, fmt_str_lengths=120):
+            print(q, flush=True)
 
     null_rows: list[dict[str, Any]] = []
     for seed in range(1, args.null_seeds + 1):
-        null_rows += false_alarms(seed)
+        null_rows += false_alarms(seed, policy)
         print(f"null seed {seed} ({time.monotonic() - started:.0f} s)", flush=True)
         print(summarise_false_alarms(null_rows), flush=True)
-    table = summarise_false_alarms(null_rows)
-    report["false_alarms"] = table.to_dicts()
-    alarms = pl.DataFrame(null_rows, infer_schema_length=None).filter(pl.col("alarm").is_not_null())
-    if alarms.height:
+    if null_rows:
+        report["false_alarms"] = summarise_false_alarms(null_rows).to_dicts()
+        frame = pl.DataFrame(null_rows, infer_schema_length=None)
+        alarms = frame.filter(pl.col("alarm"))
+    if null_rows and alarms.height:
         by = alarms.group_by("severity", "basis").len().sort("severity", "basis")
         report["false_alarm_kinds"] = by.to_dicts()
         print(by)

@@ -202,7 +202,10 @@ def test_a_planted_thumbs_down_rise_pages_once(fresh, receiver, tmp_path):
 def test_acknowledge_and_resolve_round_trip(fresh, receiver, tmp_path):
     url = fresh
     env = {"TELLTALE_ALERTS_PAGERDUTY_ROUTING_KEY": ROUTING_KEY}
-    assert telltale(*RUN, "--sink", "stdout", "-w", url, cwd=tmp_path).returncode == 0
+    config = AlertSettings(metrics=["thumbs_down_rate"])
+    window = {"since": SWITCH, "until": SWITCH + dt.timedelta(days=2)}
+    with warehouse.connect(url) as wh:
+        assert run_alerts(wh, config, **window).new.height > 0
     listed = telltale("alerts", "list", "--status", "open", "--format", "json", "-w", url,
                       cwd=tmp_path)  # fmt: skip
     assert listed.returncode == 0, listed.stderr[-3000:]
@@ -234,9 +237,8 @@ def test_acknowledge_and_resolve_round_trip(fresh, receiver, tmp_path):
         assert history["notified_at"][1] is not None  # the run's delivery mark
         assert history["updated_by"].to_list()[2:] == ["alice", "bob"]
         assert history["note"][2] == "looking"
-    # the same shift, found again after it was resolved, is not a new alert
-    rerun = telltale(*RUN, "--sink", "stdout", "-w", url, cwd=tmp_path)
-    assert rerun.returncode == 0 and "0 new alert(s)" in rerun.stderr
+        # the same shift, found again after it was resolved, is not a new alert
+        assert run_alerts(wh, config, **window).new.height == 0
     unknown = telltale("alerts", "resolve", "nope", "-w", url, cwd=tmp_path)
     assert unknown.returncode == 1 and "no alert 'nope'" in unknown.stderr
     assert "Traceback" not in unknown.stderr
