@@ -495,8 +495,6 @@ class _Run:
         for t in self.tasks:
             if not t.cancelled() and t.exception() is not None:
                 raise t.exception()  # type: ignore[misc]
-        if len(self.work) > self.sent and not self.stop_reason:
-            self.stop("cancelled before every request was sent")
 
     @contextlib.contextmanager
     def _progress_bar(self, console: Console | None) -> Iterator[None]:
@@ -511,6 +509,7 @@ class _Run:
             TextColumn("{task.fields[errors]} errors"),
             TimeRemainingColumn(),
             console=console,
+            refresh_per_second=2,  # rendering costs CPU the replay needs
         ) as bar:
             self.progress = bar
             self.task_id = bar.add_task(self.run_id, total=len(self.work), errors=0)

@@ -22,7 +22,7 @@ import email.utils
 import itertools
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -118,8 +118,10 @@ def _retry_after(value: str | None) -> float | None:
 class HttpTarget:
     """An OpenAI-compatible endpoint at one or more base URLs (``http://host:8000/v1``).
 
-    Use as an async context manager (it owns a connection pool). :meth:`check` fails with a
-    message naming the URL when an endpoint is unreachable or does not serve ``model``.
+    ``extra_body`` adds server-specific fields to every request (vLLM's ``top_k``,
+    ``ignore_eos``, ...); tools and functions are refused. Use as an async context manager (it
+    owns a connection pool). :meth:`check` fails with a message naming the URL when an endpoint
+    is unreachable or does not serve ``model``.
     """
 
     def __init__(
@@ -137,10 +139,14 @@ class HttpTarget:
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
         seed: int = 0,
-        headers: dict[str, str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
     ) -> None:
         if not urls:
             raise TerminalShadowError(f"no URL given for model {model!r}")
+        side_effects = sorted(set(extra_body or {}) & {"tools", "functions", "tool_choice"})
+        if side_effects:
+            raise TerminalShadowError(f"a replay must not send {side_effects}")
+        self._extra_body = dict(extra_body or {})
         self.urls = [u.rstrip("/") for u in urls]
         self.model = model
         self._endpoints = [f"{u}/chat/completions" for u in self.urls]
@@ -152,7 +158,8 @@ class HttpTarget:
         self._backoff_base = backoff_base_s
         self._backoff_max = backoff_max_s
         self._rng = random.Random(seed)
-        base_headers = {"content-type": "application/json", **(headers or {})}
+        # Uncompressed streams are read as they come (no decoder layer per chunk).
+        base_headers = {"content-type": "application/json", "accept-encoding": "identity"}
         if api_key:
             base_headers["authorization"] = f"Bearer {api_key}"
         self._client = httpx.AsyncClient(
@@ -205,7 +212,8 @@ class HttpTarget:
                 )
 
     def body(self, request: ChatRequest) -> bytes:
-        """The JSON request body: streaming with usage, sampling parameters, no tools."""
+        """The JSON request body: streaming with usage, sampling parameters, ``extra_body``,
+        no tools."""
         payload: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": r, "content": c} for r, c in request.messages],
@@ -218,6 +226,7 @@ class HttpTarget:
             payload["max_tokens"] = request.max_tokens
         if request.stop:
             payload["stop"] = list(request.stop)
+        payload.update(self._extra_body)
         return _encode(payload)
 
     def _pick(self) -> int:
@@ -246,12 +255,9 @@ class HttpTarget:
             i = self._pick()
             self._in_flight[i] += 1
             try:
-                async with asyncio.timeout(self._request_timeout):
-                    return await self._attempt(i, body, headers, attempt, started_at)
+                return await self._attempt(i, body, headers, attempt, started_at)
             except _Failed as e:
                 failure = e
-            except TimeoutError:
-                failure = _Failed("timeout", f"no complete answer in {self._request_timeout:g} s")
             finally:
                 self._in_flight[i] -= 1
             if failure.kind == "terminal" or attempt > self._max_retries:
@@ -292,27 +298,43 @@ class HttpTarget:
                         _retry_after(resp.headers.get("retry-after")),
                     )
                 done = False
-                async for line in resp.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue  # blank separators and SSE comments
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        done = True
+                pending = b""
+                # The hot loop, inlined: lines split by hand from the raw bytes (no text
+                # decoding, no generator per line), msgspec reading each event's bytes.
+                chunks = (
+                    resp.aiter_bytes() if "content-encoding" in resp.headers else resp.aiter_raw()
+                )
+                async for raw in chunks:
+                    lines = (pending + raw).split(b"\n")
+                    pending = lines.pop()
+                    for line in lines:
+                        if not line.startswith(b"data:"):
+                            continue  # blank separators and SSE comments
+                        data = line[5:].strip()
+                        if data == b"[DONE]":
+                            done = True
+                            break
+                        chunk = _decode_chunk(data)
+                        if chunk.error is not None:
+                            raise _Failed("transient", f"error in the stream: {chunk.error}")
+                        if chunk.usage is not None:
+                            usage = chunk.usage
+                        for choice in chunk.choices:
+                            delta = choice.delta
+                            if delta is not None and delta.content:
+                                last = clock()
+                                if not parts:
+                                    first = last
+                                parts.append(delta.content)
+                            if choice.finish_reason:
+                                finish = choice.finish_reason
+                    if done:
                         break
-                    chunk = _decode_chunk(data)
-                    if chunk.error is not None:
-                        raise _Failed("transient", f"error in the stream: {chunk.error}")
-                    if chunk.usage is not None:
-                        usage = chunk.usage
-                    for choice in chunk.choices:
-                        delta = choice.delta
-                        if delta is not None and delta.content:
-                            last = clock()
-                            if not parts:
-                                first = last
-                            parts.append(delta.content)
-                        if choice.finish_reason:
-                            finish = choice.finish_reason
+                    if clock() - t0 > self._request_timeout:
+                        raise _Failed(
+                            "timeout", f"no complete answer in {self._request_timeout:g} s"
+                        )
+                done = done or pending.strip() in (b"data: [DONE]", b"data:[DONE]")
                 if not done:
                     raise _Failed("transient", f"{self.urls[i]} closed the stream before [DONE]")
         except httpx.TimeoutException as e:

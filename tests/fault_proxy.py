@@ -8,6 +8,7 @@ None to forward, or one of
 - ``"400"`` / ``"429"`` / ``"503"``: answer that status (429 with ``Retry-After: 0``) without
   forwarding;
 - ``"stall"``: wait 30 s before forwarding (longer than a test's read timeout);
+- ``"drip"``: forward, relaying each chunk 0.2 s after the previous one (a slow stream);
 - ``"drop"``: close the connection before any response;
 - ``"drop_mid"``: forward, relay the response head and the first chunks, then cut the connection.
 
@@ -27,7 +28,7 @@ from typing import Any, Self
 
 import httpx
 
-FAULTS = ("400", "429", "503", "stall", "drop", "drop_mid")
+FAULTS = ("400", "429", "503", "stall", "drip", "drop", "drop_mid")
 STALL_SECONDS = 30.0
 
 
@@ -42,7 +43,7 @@ class Seen:
     fault: str | None
     status: int = 0
     completed: bool = False
-    """The full response (up to ``[DONE]`` for a stream) went back to the client."""
+    """The full answer went back to the client (for a stream: up to ``[DONE]``)."""
 
 
 @dataclass
@@ -206,18 +207,22 @@ class FaultProxy:
                 f"Content-Type: {resp.headers.get('content-type', 'text/plain')}\r\n"
                 "Transfer-Encoding: chunked\r\n\r\n".encode()
             )
+            stream = "text/event-stream" in resp.headers.get("content-type", "")
             relayed = 0
             tail = b""
             async for chunk in resp.aiter_raw():
                 if seen.fault == "drop_mid" and relayed >= 2:
                     writer.transport.abort()  # no terminating chunk: the client sees a cut
                     return False
+                if seen.fault == "drip":
+                    await asyncio.sleep(0.2)
                 writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
                 await writer.drain()
                 relayed += 1
-                tail = (tail + chunk)[-64:]
+                tail = tail[-8:] + chunk
+                # The whole answer reached the client (it may hang up now, as the runner does).
+                seen.completed = seen.completed or (stream and b"[DONE]" in tail)
             writer.write(b"0\r\n\r\n")
             await writer.drain()
-            stream = "text/event-stream" in resp.headers.get("content-type", "")
-            seen.completed = b"[DONE]" in tail if stream else True
+            seen.completed = True
         return True

@@ -324,21 +324,32 @@ def test_429_5xx_and_dropped_connections_are_retried(vllm_server, filled):
 
 
 def test_terminal_errors_are_not_retried_and_timeouts_are_recorded(vllm_server, filled):
-    samples = shadow.sample_traffic(filled, **WINDOW, per_stratum=1, seed=3).samples[:3]
-    bad, slow = samples[0].sample_id, samples[1].sample_id
-    faults = {bad: "400", slow: "stall"}
+    samples = shadow.sample_traffic(filled, **WINDOW, per_stratum=1, seed=3).samples[:4]
+    bad, silent, slow = (s.sample_id for s in samples[:3])
+    faults = {bad: "400", silent: "stall", slow: "drip"}
     with FaultProxy(vllm_server.base_url, lambda sid, attempt: faults.get(sid)) as proxy:
-        summary = _run(
-            filled,
-            _settings(proxy.base_url, vllm_server.model, read_timeout_s=0.5, max_retries=1),
-            samples,
+        settings = _settings(
+            proxy.base_url,
+            vllm_server.model,
+            read_timeout_s=1.0,
+            request_timeout_s=1.5,
+            max_retries=1,
+            max_output_tokens=16,
         )
-    assert (summary.ok, summary.errors, summary.timeouts) == (1, 1, 1)
+        summary = _run(filled, settings, samples)
+    assert (summary.ok, summary.errors, summary.timeouts) == (1, 1, 2)
     rows = {r["sample_id"]: r for r in warehouse.shadow_results(filled, "run").to_dicts()}
     assert rows[bad]["status"] == "error" and rows[bad]["attempts"] == 1
     assert "HTTP 400" in rows[bad]["error"]
-    assert rows[slow]["status"] == "timeout" and rows[slow]["attempts"] == 2
+    assert rows[silent]["status"] == "timeout" and rows[silent]["attempts"] == 2
+    # Tokens kept coming, each within the read timeout, but the whole answer took too long.
+    assert rows[slow]["status"] == "timeout" and "no complete answer" in rows[slow]["error"]
     assert Counter(s.sample_id for s in _chat(proxy))[bad] == 1
+
+
+def test_tools_can_never_be_sent():
+    with pytest.raises(shadow.TerminalShadowError, match="tools"):
+        shadow.HttpTarget(["http://127.0.0.1:9/v1"], "m", extra_body={"tools": []})
 
 
 def test_redaction_happens_before_requests_leave_and_no_tools_are_sent(vllm_server, filled):

@@ -1,0 +1,217 @@
+"""Shadow runner benchmark: the runner's request throughput vs a minimal asyncio + httpx loop.
+
+Starts the tiny vLLM server of the tests (tests/vllm_server.py, CPU build), then, in one run and
+against that server, sends the same N streamed chat requests (same prompts, temperature 0, same
+max_tokens, ``ignore_eos`` so every request decodes exactly max_tokens) at concurrency 32 and 128:
+
+  (a) loop: one ``httpx.AsyncClient``, ``concurrency`` worker tasks pulling from one iterator,
+      each stream read as raw bytes up to ``[DONE]``; nothing else (the cheapest client we
+      could write; like the runner it does not wait for the end of the chunked body after
+      ``[DONE]``: on this server that wait cost 2.5x throughput at concurrency 128);
+  (b) runner: ``ShadowRunner`` as ``telltale shadow run`` uses it, parsing every chunk (TTFT,
+      TPOT, usage), retry bookkeeping, and writing every result to an embedded warehouse.
+
+Each repeat runs both, in alternating order, so drift on a shared machine hits both alike. Rate =
+requests / wall time from making the client to the last answer (the runner's also includes its
+bookkeeping: reading and recording the run, checking the endpoint, the final write). Also the
+benchmark process's CPU time per request: the client shares the machine with the server, so
+client CPU is server time lost. Prints the medians and the ratio (target >= 0.95); asserts nothing.
+
+    .venv/bin/python bench/shadow.py [--requests 1024] [--repeats 5] [--max-tokens 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+# Run as `python bench/shadow.py`, this directory comes first on sys.path and this very file
+# would shadow the shadow package; the tests directory has the vLLM server and tiny model.
+sys.path[:] = [str(REPO / "tests")] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
+]
+
+import shadow  # noqa: E402
+import warehouse  # noqa: E402
+
+from tiny_model import build_tiny_model  # noqa: E402
+from vllm_server import VllmServer  # noqa: E402
+
+IGNORE_EOS = {"ignore_eos": True}
+"""vLLM decodes max_tokens whatever the model says: every request costs the same."""
+TOPICS = ("sorting a list", "the sea at night", "a polite refund request", "Paris", "tax forms")
+
+
+def _samples(n: int) -> list[shadow.Sample]:
+    return [
+        shadow.Sample(
+            sample_id=f"s{i:06d}",
+            model_version="prod",
+            stratum="bench",
+            intent="bench",
+            locale="en-US",
+            platform="web",
+            cohort="bench",
+            messages=(("user", f"Request {i}: tell me about {TOPICS[i % len(TOPICS)]}."),),
+            production_output="recorded answer",
+            production_completion_tokens=32,
+            production_latency_ms=500.0,
+            temperature=0.0,
+            max_tokens=None,
+            stop=(),
+            expected=None,
+        )
+        for i in range(n)
+    ]
+
+
+async def _loop(url: str, model: str, bodies: list[bytes], concurrency: int) -> float:
+    """The client-side limit: requests/s of the cheapest streaming loop (a fixed pool of
+    ``concurrency`` workers, each stream drained as raw bytes)."""
+    t0 = time.perf_counter()  # like the runner's, the timing includes making the client
+    # The client configured as the runner's (shadow.HttpTarget): only what is done differs.
+    limits = httpx.Limits(
+        max_connections=concurrency + 1, max_keepalive_connections=concurrency + 1
+    )
+    timeout = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=None)
+    headers = {"content-type": "application/json", "accept-encoding": "identity"}
+    async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client:
+        todo = iter(bodies)
+
+        async def worker() -> None:
+            for body in todo:
+                # A pooled connection the server closed as idle fails at once: send again.
+                for attempt in range(3):
+                    try:
+                        async with client.stream(
+                            "POST", f"{url}/chat/completions", content=body
+                        ) as resp:
+                            tail = b""
+                            async for chunk in resp.aiter_raw():
+                                tail = tail[-8:] + chunk
+                                if b"[DONE]" in tail:
+                                    break  # the answer is complete, as the runner sees it
+                        break
+                    except httpx.TransportError:
+                        if attempt == 2:
+                            raise
+                if resp.status_code != 200:
+                    raise RuntimeError(f"HTTP {resp.status_code}")
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(bodies) / (time.perf_counter() - t0)
+
+
+def _runner(
+    wh: warehouse.Warehouse,
+    url: str,
+    model: str,
+    samples: list[shadow.Sample],
+    concurrency: int,
+    max_tokens: int,
+    run_id: str,
+) -> float:
+    settings = shadow.ShadowSettings(
+        candidate_urls=[url],
+        candidate_model=model,
+        concurrency=concurrency,
+        max_output_tokens=max_tokens,
+    )
+
+    async def go() -> shadow.RunSummary:
+        async with shadow.HttpTarget(
+            [url], model, concurrency=concurrency, extra_body=IGNORE_EOS
+        ) as target:
+            runner = shadow.ShadowRunner(wh, settings, targets={"candidate": target})
+            return await runner.run(samples, run_id=run_id)
+
+    t0 = time.perf_counter()
+    summary = asyncio.run(go())
+    elapsed = time.perf_counter() - t0
+    if summary.ok != len(samples):
+        raise RuntimeError(f"runner: {summary.summary()}")
+    return len(samples) / elapsed
+
+
+def main() -> None:
+    """Run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1024, help="Requests per measurement.")
+    parser.add_argument("--repeats", type=int, default=5, help="Alternating repeats.")
+    parser.add_argument("--max-tokens", type=int, default=32, help="Tokens decoded per request.")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 128])
+    args = parser.parse_args()
+
+    samples = _samples(args.requests)
+    server = VllmServer(build_tiny_model())
+    server.start()
+    with (
+        contextlib.closing(server),
+        tempfile.TemporaryDirectory(prefix="shadow-bench-") as tmp,
+        warehouse.connect(f"chdb://{tmp}/warehouse") as wh,
+    ):
+        print(f"vLLM {server.base_url} ready in {server.last_start_seconds:.0f} s", flush=True)
+        warehouse.migrate(wh)
+        probe = shadow.HttpTarget([server.base_url], server.model, extra_body=IGNORE_EOS)
+        bodies = [
+            probe.body(shadow.ChatRequest(s.sample_id, s.messages, 0.0, args.max_tokens))
+            for s in samples
+        ]
+        # Warm-up: compile paths and fill the prefix cache for both clients alike.
+        asyncio.run(_loop(server.base_url, server.model, bodies, max(args.concurrency)))
+        rates: dict[tuple[int, str], list[float]] = {}
+        cpu: dict[tuple[int, str], list[float]] = {}
+        for rep in range(args.repeats):
+            for c in args.concurrency:
+                order = ("loop", "runner") if rep % 2 == 0 else ("runner", "loop")
+                for who in order:
+                    started = time.process_time()
+                    if who == "loop":
+                        rate = asyncio.run(_loop(server.base_url, server.model, bodies, c))
+                    else:
+                        rate = _runner(
+                            wh,
+                            server.base_url,
+                            server.model,
+                            samples,
+                            c,
+                            args.max_tokens,
+                            f"bench-{c}-{rep}",
+                        )
+                    ms = (time.process_time() - started) / len(samples) * 1e3
+                    rates.setdefault((c, who), []).append(rate)
+                    cpu.setdefault((c, who), []).append(ms)
+                    print(
+                        f"repeat {rep + 1} concurrency {c:>3} {who:<6} {rate:7.1f} req/s"
+                        f" {ms:5.2f} client CPU ms/request",
+                        flush=True,
+                    )
+    print()
+    print(f"{args.requests} requests x {args.max_tokens} tokens, {args.repeats} repeats (medians)")
+    print(
+        "| concurrency | minimal loop req/s | runner req/s | ratio | paired ratios (min-max) "
+        "| client CPU ms/request: loop | runner |"
+    )
+    print("|---:|---:|---:|---:|---|---:|---:|")
+    for c in args.concurrency:
+        loop, run = rates[(c, "loop")], rates[(c, "runner")]
+        paired = [r / b for r, b in zip(run, loop, strict=True)]
+        print(
+            f"| {c} | {statistics.median(loop):.1f} | {statistics.median(run):.1f} | "
+            f"{statistics.median(run) / statistics.median(loop):.3f} | "
+            f"{min(paired):.3f}-{max(paired):.3f} | {statistics.median(cpu[(c, 'loop')]):.2f} | "
+            f"{statistics.median(cpu[(c, 'runner')]):.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
