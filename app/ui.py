@@ -152,7 +152,7 @@ def page_guard() -> Iterator[None]:
             f"The warehouse could not answer: {e}\n\nCheck `TELLTALE_WAREHOUSE_URL` "
             f"(now `{shown_url()}`) and reload."
         )
-    except (analysis.AnalysisError, shadow.ShadowError, GateError, ValueError) as e:
+    except (analysis.AnalysisError, shadow.ShadowError, GateError) as e:
         st.warning(f"{e}\n\nChange the filters in the sidebar and try again.")
     except Exception as e:
         log.exception("page failed")

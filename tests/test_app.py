@@ -236,6 +236,15 @@ def test_alerts_none_in_range_say_what_to_do(url):
     assert any("telltale alerts run" in i.value for i in at.info)
 
 
+def test_a_gates_file_that_cannot_be_read_says_so(url, tmp_path):
+    os.environ["TELLTALE_GATES"] = str(tmp_path / "missing.toml")
+    try:
+        at = page("release_review")
+    finally:
+        del os.environ["TELLTALE_GATES"]
+    assert any("TELLTALE_GATES names" in w.value for w in at.warning)
+
+
 def test_the_entry_point_navigates_between_pages(url):
     at = AppTest.from_file(str(REPO / "app" / "streamlit_app.py"), default_timeout=TIMEOUT)
     at.run()

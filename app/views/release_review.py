@@ -10,7 +10,7 @@ import polars as pl
 import streamlit as st
 
 from app import charts, ui
-from app.review import shadow_headline
+from app.review import GateError, shadow_headline
 
 st.title("Release review")
 
@@ -51,7 +51,13 @@ with ui.page_guard():
     if uploaded is not None:
         gates_text = uploaded.getvalue().decode()
     elif gates_path:
-        gates_text = Path(gates_path).read_text()
+        try:
+            gates_text = Path(gates_path).read_text()
+        except OSError as e:
+            raise GateError(
+                f"TELLTALE_GATES names {gates_path}, which cannot be read ({e.strerror}): fix "
+                "the path or upload a gates file"
+            ) from None
 
     review = ui.release_review(url, week, candidate, baseline, gates_text)
     verdict = {
