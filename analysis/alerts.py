@@ -796,16 +796,20 @@ def _alarms(
         (pl.col("observed") - pl.col("expected")).alias("shift"),
         ((pl.col("observed") - pl.col("expected")) / pl.col("expected")).alias("relative_shift"),
     )
-    firing = (
-        frame.filter(pl.col("segment") != ALL)
-        .group_by("model_version")
-        .agg(pl.struct("segment", "segment_value").n_unique().alias("segments_firing"))
-    )
-    frame = frame.join(firing, on="model_version", how="left").with_columns(
-        pl.col("segments_firing").fill_null(0)
-    )
+    runs = frame.filter(pl.col("segment") != ALL).to_dicts()
     rows = []
     for r in frame.iter_rows(named=True):
+        # Segments of the same version whose run-ups overlap this one: one shift seen in
+        # several places at once, not alarms weeks apart.
+        r["segments_firing"] = len(
+            {
+                (o["segment"], o["segment_value"])
+                for o in runs
+                if o["model_version"] == r["model_version"]
+                and o["opened_at"] <= r["detected_at"]
+                and r["opened_at"] <= o["detected_at"]
+            }
+        )
         r["alert_id"] = alert_id_of(
             m.name, r["model_version"], r["segment"], r["segment_value"], r["opened_at"]
         )

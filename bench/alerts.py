@@ -205,18 +205,21 @@ def quiet(seed: int, policy: analysis.AlertPolicy) -> list[dict[str, Any]]:
 
 
 def summarise_false_alarms(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    """Alarms per series per 30 days, by metric and over all, with the series counted."""
+    """Alarms per series per 30 days of its traffic (a version that stopped serving counts
+    only the hours it served), by metric and over all."""
     frame = pl.DataFrame(rows, infer_schema_length=None)
     series, alarms = frame.filter(~pl.col("alarm")), frame.filter(pl.col("alarm"))
     per_metric = (
         series.group_by("metric")
-        .agg(pl.len().alias("series"))
+        .agg(pl.len().alias("series"), (pl.col("hours").sum() / 720).alias("series_months"))
         .join(alarms.group_by("metric").agg(pl.len().alias("alarms")), on="metric", how="left")
         .with_columns(pl.col("alarms").fill_null(0))
     )
-    total = per_metric.select(pl.lit("all").alias("metric"), pl.col("series", "alarms").sum())
+    total = per_metric.select(
+        pl.lit("all").alias("metric"), pl.col("series", "series_months", "alarms").sum()
+    )
     return pl.concat([per_metric.sort("metric"), total]).with_columns(
-        (pl.col("alarms") / pl.col("series")).alias("per_series_per_30_days")
+        (pl.col("alarms") / pl.col("series_months")).alias("per_series_per_30_days")
     )
 
 
