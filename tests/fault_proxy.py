@@ -178,16 +178,25 @@ class FaultProxy:
             return False
         url = self.upstream + path.removeprefix("/v1")
         assert self._client is not None
+        counted = chat
         if chat:
             with self._lock:
                 self.state.in_flight += 1
                 self.state.max_in_flight = max(self.state.max_in_flight, self.state.in_flight)
-        try:
-            return await self._relay(method, url, headers, body, writer, seen)
-        finally:
-            if chat:
+
+        def answered() -> None:
+            # Out of flight before the answer's last bytes go out: a client that reuses its
+            # slot the moment it has the answer must not be counted twice.
+            nonlocal counted
+            if counted:
+                counted = False
                 with self._lock:
                     self.state.in_flight -= 1
+
+        try:
+            return await self._relay(method, url, headers, body, writer, seen, answered)
+        finally:
+            answered()
 
     async def _relay(
         self,
@@ -197,6 +206,7 @@ class FaultProxy:
         body: bytes,
         writer: asyncio.StreamWriter,
         seen: Seen,
+        answered: Callable[[], None],
     ) -> bool:
         assert self._client is not None
         forward = {k: v for k, v in headers.items() if k in ("content-type", "authorization")}
@@ -216,12 +226,16 @@ class FaultProxy:
                     return False
                 if seen.fault == "drip":
                     await asyncio.sleep(0.2)
+                tail = tail[-8:] + chunk
+                done = stream and b"[DONE]" in tail
+                if done:
+                    answered()
                 writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
                 await writer.drain()
                 relayed += 1
-                tail = tail[-8:] + chunk
                 # The whole answer reached the client (it may hang up now, as the runner does).
-                seen.completed = seen.completed or (stream and b"[DONE]" in tail)
+                seen.completed = seen.completed or done
+            answered()
             writer.write(b"0\r\n\r\n")
             await writer.drain()
             seen.completed = True

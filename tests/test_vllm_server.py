@@ -8,7 +8,6 @@ random weights).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -104,26 +103,32 @@ def test_streaming_gives_content_chunks_then_a_usage_chunk(vllm_server, client):
 def test_running_requests_gauge_follows_requests_in_flight(vllm_server, client):
     assert running_requests(_metrics(vllm_server)) == 0
     in_flight = 4
+    # As long as the context allows, ignore_eos so that no reply ends early: the batch must
+    # outlast several scrapes even on a fast machine.
+    max_tokens = vllm_server.max_model_len - 64
 
     def long_request() -> int:
-        # Long enough that the gauge is sampled while the batch runs; ignore_eos so no reply
-        # ends early.
         reply = client.chat.completions.create(
             model=vllm_server.model,
             messages=_messages(PROMPTS[2]),
-            max_tokens=900,
+            max_tokens=max_tokens,
             temperature=0,
             extra_body={"ignore_eos": True},
         )
         return reply.usage.completion_tokens
 
     seen: list[float] = []
-    with ThreadPoolExecutor(max_workers=in_flight) as pool:
-        futures = [pool.submit(long_request) for _ in range(in_flight)]
-        while not all(f.done() for f in futures):
-            seen.append(running_requests(_metrics(vllm_server)))
-            time.sleep(0.05)
-        assert [f.result() for f in futures] == [900] * in_flight
+    # A batch that ends before the gauge was scraped a few times says nothing either way: run
+    # another one (at most three).
+    for _ in range(3):
+        with ThreadPoolExecutor(max_workers=in_flight) as pool:
+            futures = [pool.submit(long_request) for _ in range(in_flight)]
+            while not all(f.done() for f in futures):
+                seen.append(running_requests(_metrics(vllm_server)))
+            assert [f.result() for f in futures] == [max_tokens] * in_flight
+        if len(seen) >= 10:
+            break
+    assert len(seen) >= 10, f"the gauge was scraped only {len(seen)} times while requests ran"
     assert max(seen) >= 1
     assert max(seen) <= in_flight
     assert running_requests(_metrics(vllm_server)) == 0
