@@ -175,64 +175,31 @@ def decompose_change(
     require_columns(cells, ["hour", "model_version", *segments, numerator, denominator])
     first = _naive_utc(min(before[0], after[0]))
     last = _naive_utc(max(before[1], after[1]))
-    data = (
-        cells.with_columns(
-            pl.col("hour").dt.replace_time_zone(None),
-            pl.col(numerator).cast(pl.Float64),
-            pl.col(denominator).cast(pl.Float64),
-        )
-        .filter(
-            pl.col("model_version").is_in([candidate, baseline])
-            & (pl.col(denominator) > 0)
-            & (pl.col("hour") >= first)
-            & (pl.col("hour") < last)
-        )
-        .sort("hour")
+    data = cells.with_columns(
+        pl.col("hour").dt.replace_time_zone(None),
+        pl.col(numerator).cast(pl.Float64),
+        pl.col(denominator).cast(pl.Float64),
+        *(pl.col(seg).cast(pl.String).fill_null("unknown") for seg in segments),
+    ).filter(
+        pl.col("model_version").is_in([candidate, baseline])
+        & (pl.col(denominator) > 0)
+        & (pl.col("hour") >= first)
+        & (pl.col("hour") < last)
     )
     if data.is_empty():
         raise InsufficientDataError(f"no {denominator} for {candidate} or {baseline} in the cells")
-    hours = data["hour"]
-    days = hours.dt.date().to_numpy()
-    n_days = len(np.unique(days))
-    if n_days < _MIN_DAYS:
+    fit = _Sums.of(data, numerator, denominator, candidate, segments, annotations)
+    if fit.n_days < _MIN_DAYS:
         raise InsufficientDataError(
-            f"{n_days} days of cells: at least {_MIN_DAYS} are needed to learn weekly seasonality"
+            f"{fit.n_days} days of cells: at least {_MIN_DAYS} are needed to learn weekly "
+            "seasonality"
         )
-    w = data[denominator].to_numpy()
-    y = data[numerator].to_numpy() / w
-
-    # Design: [const | model | segments... | seasonal... | annotations...], with each part's
-    # columns remembered so its contribution can be read off.
-    epoch = dt.datetime(2001, 1, 1)  # a Monday 00:00: hour-of-week 0 is Monday midnight UTC
-    since_epoch = ((hours - epoch).dt.total_seconds() // 3600).to_numpy()
-    model = (data["model_version"] == candidate).cast(pl.Float64).to_numpy()
-    seg_cols, seg_names = [], []
-    for s in segments:
-        values = data[s].cast(pl.String).fill_null("unknown")
-        for level in sorted(values.unique().to_list())[1:]:
-            seg_cols.append((values == level).cast(pl.Float64).to_numpy())
-            seg_names.append(f"{s}={level}")
-    fourier = _fourier(since_epoch)
-    ann_cols, ann_names = _annotation_columns(hours, annotations)
-    blocks = {
-        "const": [np.ones(len(y))],
-        "model": [model],
-        "population shift": seg_cols,
-        "seasonality": list(fourier.T),
-        **{name: [col] for name, col in zip(ann_names, ann_cols, strict=True)},
-    }
-    x = np.column_stack([c for cols in blocks.values() for c in cols])
-    spans, start = {}, 0
-    for name, cols in blocks.items():
-        spans[name] = slice(start, start + len(cols))
-        start += len(cols)
-
-    gram = x.T @ (x * w[:, None])
-    beta = np.linalg.pinv(gram) @ (x.T @ (w * y))
-    resid = y - x @ beta
-    robust = _ByDay(days, x, w, resid, gram)
+    spans, k = fit.spans, fit.k
+    gram = fit.grams.sum(0)
+    beta = np.linalg.pinv(gram) @ fit.xwy.sum(0)
+    robust = _ByDay(fit.grams, fit.xwy - fit.grams @ beta, gram)
     cov = robust.cov
-    n, k = x.shape
+    n = data.height
     warnings: list[str] = []
     rank = np.linalg.matrix_rank(gram)
     if rank < k:
@@ -243,21 +210,20 @@ def decompose_change(
         )
 
     def window_mean(window: tuple[dt.datetime, dt.datetime]) -> tuple[np.ndarray, float, float]:
-        lo, hi = (_naive_utc(t) for t in window)
-        inside = ((hours >= lo) & (hours < hi)).to_numpy()
+        lo, hi = (np.datetime64(_naive_utc(t), "us") for t in window)
+        inside = (fit.hours >= lo) & (fit.hours < hi)
         if not inside.any():
             raise InsufficientDataError(f"no cells in the window {_window(window)}")
-        ww = w[inside]
-        return (
-            (x[inside] * ww[:, None]).sum(0) / ww.sum(),
-            float((y[inside] * ww).sum() / ww.sum()),
-            float((resid[inside] * ww).sum() / ww.sum()),
-        )
+        total = fit.w[inside].sum()
+        x_mean = fit.xw[inside].sum(0) / total
+        y_mean = float(fit.wy[inside].sum() / total)
+        return x_mean, y_mean, y_mean - float(x_mean @ beta)
 
     x_before, y_before, r_before = window_mean(before)
     x_after, y_after, r_after = window_mean(after)
     d = x_after - x_before
     parts = []
+    ann_names = [name for name in spans if name.startswith("annotation:")]
     for name in ("seasonality", "population shift", "model", *ann_names):
         c = np.zeros(k)
         c[spans[name]] = d[spans[name]]
@@ -284,7 +250,7 @@ def decompose_change(
             f"{share[1]:.0%}): the model part is near zero by construction; read the model "
             "effect at full exposure instead"
         )
-    counterfactual = _counterfactual(data, x, y, w, beta, cov, spans["model"], confidence, df_model)
+    counterfactual = _counterfactual(fit, beta, cov, confidence, df_model)
     return Waterfall(
         metric=metric or f"{numerator}/{denominator}",
         candidate=candidate,
@@ -298,7 +264,7 @@ def decompose_change(
         candidate_share=share,
         counterfactual=counterfactual,
         n_cells=n,
-        n_days=n_days,
+        n_days=fit.n_days,
         confidence=confidence,
         assumptions=(
             "the candidate shifts the rate by the same amount in every segment and hour",
@@ -323,21 +289,15 @@ class _ByDay:
     one. The degrees of freedom come from the same pieces.
     """
 
-    def __init__(
-        self, days: np.ndarray, x: np.ndarray, w: np.ndarray, resid: np.ndarray, gram: np.ndarray
-    ) -> None:
+    def __init__(self, grams: np.ndarray, scores: np.ndarray, gram: np.ndarray) -> None:
+        """``grams[g]`` is day g's ``X_g' W_g X_g``, ``scores[g]`` its ``X_g' W_g e_g``, ``gram``
+        their sum over days."""
         self.bread = np.linalg.pinv(gram)
         vals, vecs = np.linalg.eigh(self.bread)
         half = (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
-        order = np.argsort(days, kind="stable")
-        _, starts = np.unique(days[order], return_index=True)
         meat = np.zeros_like(gram)
         self._days: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        for lo, hi in itertools.pairwise([*starts, len(days)]):
-            rows = order[lo:hi]
-            xg, wg = x[rows], w[rows]
-            gram_g = xg.T @ (xg * wg[:, None])
-            score = xg.T @ (wg * resid[rows])
+        for gram_g, score in zip(grams, scores, strict=True):
             lam, v = np.linalg.eigh(half @ gram_g @ half)
             keep = lam > 1e-10
             # A day that alone identifies a direction (a one-day holiday) has eigenvalue 1 there:
@@ -368,38 +328,23 @@ class _ByDay:
 
 
 def _counterfactual(
-    data: pl.DataFrame,
-    x: np.ndarray,
-    y: np.ndarray,
-    w: np.ndarray,
-    beta: np.ndarray,
-    cov: np.ndarray,
-    model: slice,
-    confidence: float,
-    df_t: float,
+    fit: _Sums, beta: np.ndarray, cov: np.ndarray, confidence: float, df_t: float
 ) -> pl.DataFrame:
     """Per hour: what was observed, what the fit expects, and what it expects had the candidate
     never served, with a band for the latter (coefficient uncertainty plus the hourly noise)."""
-    without = x.copy()
-    without[:, model] = 0.0
-    hours = data["hour"]
-    k = x.shape[1]
-    frame = pl.DataFrame({"hour": hours, "w": w, "wy": w * y, "wfit": w * (x @ beta)}).with_columns(
-        [pl.Series(f"g{i}", w * without[:, i]) for i in range(k)]
-    )
-    per_hour = frame.group_by("hour").sum().sort("hour")
-    total = per_hour["w"].to_numpy()
-    g = per_hour.select([f"g{i}" for i in range(k)]).to_numpy() / total[:, None]
-    observed = per_hour["wy"].to_numpy() / total
-    expected = per_hour["wfit"].to_numpy() / total
-    noise = float(np.var(observed - expected, ddof=k))
+    mean_x = fit.xw / fit.w[:, None]
+    observed = fit.wy / fit.w
+    expected = mean_x @ beta
+    without = mean_x.copy()
+    without[:, fit.spans["model"]] = 0.0
+    noise = float(np.var(observed - expected, ddof=fit.k))
     band = float(stats.t(df_t).ppf(0.5 + confidence / 2)) * np.sqrt(
-        np.einsum("ij,jk,ik->i", g, cov, g) + noise
+        np.einsum("ij,jk,ik->i", without, cov, without) + noise
     )
-    without_model = g @ beta
+    without_model = without @ beta
     return pl.DataFrame(
         {
-            "hour": per_hour["hour"],
+            "hour": fit.hours,
             "observed": observed,
             "expected": expected,
             "expected_without_model": without_model,
@@ -407,3 +352,149 @@ def _counterfactual(
             "upper": without_model + band,
         }
     )
+
+
+@dataclass(frozen=True)
+class _Sums:
+    """Everything the fit needs, summed from the cells: the design never exists cell by cell.
+
+    Columns are ``[const | model | seasonality | annotations... | population shift]``: the
+    first ones (the *time* columns) depend only on the hour and the version, the last on one
+    segment column each. So a day's ``X'WX`` and ``X'Wy``, and an hour's ``sum w x``, come from
+    the denominators and numerators summed by (hour, version), by (hour, version, segment) and
+    by (day, segment, other segment): a few thousand rows however many cells there are.
+    """
+
+    hours: np.ndarray
+    """The hours that have cells, sorted (datetime64)."""
+    w: np.ndarray
+    """Per hour: the denominator."""
+    wy: np.ndarray
+    """Per hour: the numerator."""
+    xw: np.ndarray
+    """Per hour: ``sum w x`` over its cells (hours x columns)."""
+    grams: np.ndarray
+    """Per day: ``X'WX`` (days x columns x columns)."""
+    xwy: np.ndarray
+    """Per day: ``X'Wy`` (days x columns)."""
+    spans: dict[str, slice]
+
+    @property
+    def k(self) -> int:
+        """Number of columns."""
+        return self.xwy.shape[1]
+
+    @property
+    def n_days(self) -> int:
+        """Number of days with cells."""
+        return self.xwy.shape[0]
+
+    @classmethod
+    def of(
+        cls,
+        data: pl.DataFrame,
+        numerator: str,
+        denominator: str,
+        candidate: str,
+        segments: Sequence[str],
+        annotations: pl.DataFrame | None,
+    ) -> _Sums:
+        """Sum ``data`` (cells with a positive denominator, segment columns as strings)."""
+        sums = [pl.col(denominator).sum().alias("w"), pl.col(numerator).sum().alias("wy")]
+        by_time = data.group_by("hour", "model_version").agg(sums)
+        hour_series = by_time["hour"].unique().sort()
+        hours = hour_series.to_numpy()
+        day_of_hour = np.unique(hours.astype("datetime64[D]"), return_inverse=True)[1]
+        n_hours, n_days = len(hours), int(day_of_hour.max()) + 1
+
+        # Time columns per hour: const, the model indicator (filled per row), seasonality, and
+        # the annotated changes.
+        epoch = np.datetime64("2001-01-01T00:00", "h")  # a Monday: hour-of-week 0
+        since_epoch = (hours.astype("datetime64[h]") - epoch).astype(np.int64)
+        ann_cols, ann_names = _annotation_columns(hour_series, annotations)
+        per_hour = np.column_stack(
+            [np.ones(n_hours), np.zeros(n_hours), _fourier(since_epoch), *ann_cols]
+        )
+        k_time = per_hour.shape[1]
+        levels = {
+            seg: sorted(data[seg].unique().to_list())[1:]  # the first level is the reference
+            for seg in segments
+        }
+        offsets, k = {}, k_time
+        for seg in segments:
+            offsets[seg] = k
+            k += len(levels[seg])
+        spans = {
+            "const": slice(0, 1),
+            "model": slice(1, 2),
+            "seasonality": slice(2, 2 + 2 * _HARMONICS * len(_SEASONAL_PERIODS)),
+            **{
+                name: slice(k_time - len(ann_names) + i, k_time - len(ann_names) + i + 1)
+                for i, name in enumerate(ann_names)
+            },
+            "population shift": slice(k_time, k),
+        }
+
+        def rows(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            """Each row's hour index, day index and time columns."""
+            h = np.searchsorted(hours, frame["hour"].to_numpy())
+            t = per_hour[h]
+            t[:, 1] = (frame["model_version"] == candidate).to_numpy()
+            return h, day_of_hour[h], t
+
+        xw = np.zeros((n_hours, k))
+        grams = np.zeros((n_days, k, k))
+        xwy = np.zeros((n_days, k))
+        h, d, t = rows(by_time)
+        w, wy = by_time["w"].to_numpy(), by_time["wy"].to_numpy()
+        np.add.at(xw[:, :k_time], h, w[:, None] * t)
+        np.add.at(xwy[:, :k_time], d, wy[:, None] * t)
+        tt = np.zeros((n_days, k_time, k_time))
+        np.add.at(tt, d, w[:, None, None] * t[:, :, None] * t[:, None, :])
+        grams[:, :k_time, :k_time] = tt
+        hour_w = np.bincount(h, weights=w, minlength=n_hours)
+        hour_wy = np.bincount(h, weights=wy, minlength=n_hours)
+
+        # Segment columns: their cross-products with the time columns and their own diagonal.
+        paired: list[str] = []
+        for seg in segments:
+            if not levels[seg]:
+                continue
+            by_seg = (
+                data.group_by("hour", "model_version", seg)
+                .agg(sums)
+                .filter(pl.col(seg).is_in(levels[seg]))
+            )
+            h, d, t = rows(by_seg)
+            col = offsets[seg] + _codes(by_seg[seg], levels[seg])
+            w, wy = by_seg["w"].to_numpy(), by_seg["wy"].to_numpy()
+            np.add.at(xw, (h, col), w)
+            np.add.at(xwy, (d, col), wy)
+            np.add.at(grams, (d, col, col), w)
+            ts = np.zeros((n_days, k, k_time))
+            np.add.at(ts, (d, col), w[:, None] * t)
+            grams[:, :, :k_time] += ts
+            grams[:, :k_time, :] += ts.transpose(0, 2, 1)
+            paired.append(seg)
+
+        # Pairs of segment columns: how their levels occur together, day by day.
+        days = np.unique(hours.astype("datetime64[D]"))
+        for a, b in itertools.combinations(paired, 2):
+            pairs = (
+                data.with_columns(pl.col("hour").dt.date().alias("day"))
+                .filter(pl.col(a).is_in(levels[a]) & pl.col(b).is_in(levels[b]))
+                .group_by("day", a, b)
+                .agg(pl.col(denominator).sum().alias("w"))
+            )
+            d = np.searchsorted(days, pairs["day"].to_numpy().astype("datetime64[D]"))
+            ca = offsets[a] + _codes(pairs[a], levels[a])
+            cb = offsets[b] + _codes(pairs[b], levels[b])
+            w = pairs["w"].to_numpy()
+            np.add.at(grams, (d, ca, cb), w)
+            np.add.at(grams, (d, cb, ca), w)
+        return cls(hours, hour_w, hour_wy, xw, grams, xwy, spans)
+
+
+def _codes(values: pl.Series, levels: list[str]) -> np.ndarray:
+    """Each value's index in ``levels``."""
+    return values.replace_strict(levels, range(len(levels)), return_dtype=pl.Int64).to_numpy()

@@ -160,7 +160,9 @@ def test_cr2_by_day_matches_the_dense_textbook_formula():
     y = x @ [1, 2, 0.5, -1] + rng.normal(size=n) + rng.normal(size=6)[days]
     gram = x.T @ (x * w[:, None])
     resid = y - x @ np.linalg.solve(gram, x.T @ (w * y))
-    fast = _ByDay(days, x, w, resid, gram)
+    grams = np.stack([x[days == g].T @ (x[days == g] * w[days == g, None]) for g in range(6)])
+    scores = np.stack([x[days == g].T @ (w * resid)[days == g] for g in range(6)])
+    fast = _ByDay(grams, scores, gram)
 
     bread = np.linalg.inv(gram)
     z, e = np.sqrt(w)[:, None] * x, np.sqrt(w) * resid
@@ -175,3 +177,77 @@ def test_cr2_by_day_matches_the_dense_textbook_formula():
     m = p.T @ (np.eye(n) - z @ bread @ z.T) @ p
     np.testing.assert_allclose(fast.cov, bread @ meat @ bread, atol=1e-12)
     assert fast.df(c) == pytest.approx(np.trace(m) ** 2 / np.trace(m @ m), rel=1e-10)
+
+
+def test_sums_give_the_fit_on_the_cells_themselves():
+    """The fit is built from sums by hour, version and segment pairs, never from a design row
+    per cell: it must equal weighted least squares on the dense cell-by-cell design, with two
+    versions serving at once, three segment columns (with a missing value) and an annotation."""
+    from analysis.waterfall import _ByDay, _fourier
+
+    rng = np.random.default_rng(5)
+    rows = []
+    for h in range(8 * 24):
+        hour = START + dt.timedelta(hours=h)
+        for version in ("base", "cand"):
+            for locale in ("en", "de", "ja"):
+                for platform in ("ios", "web"):
+                    for intent in ("code", "chat", None):
+                        if rng.random() < 0.3:  # sparse, as rollup cells are
+                            continue
+                        n = int(rng.integers(1, 30))
+                        rows.append(
+                            (hour, version, locale, platform, intent, rng.binomial(n, 0.3), n)
+                        )
+    frame = pl.DataFrame(
+        rows,
+        schema=["hour", "model_version", "locale", "platform", "intent", "down", "rated"],
+        orient="row",
+    )
+    release = UI_ANNOTATION.with_columns(pl.lit(START + dt.timedelta(days=5)).alias("starts_at"))
+    segments = ["locale", "platform", "intent"]
+    before = (START, START + dt.timedelta(days=4))
+    after = (START + dt.timedelta(days=4), START + dt.timedelta(days=8))
+    result = decompose_change(
+        frame, numerator="down", denominator="rated", candidate="cand", baseline="base",
+        before=before, after=after, segments=segments, annotations=release,
+    )  # fmt: skip
+
+    values = frame.with_columns(pl.col("intent").fill_null("unknown"))
+    hours = ((frame["hour"] - dt.datetime(2001, 1, 1)).dt.total_hours()).to_numpy()
+    x = np.column_stack(
+        [
+            np.ones(frame.height),
+            (frame["model_version"] == "cand").to_numpy().astype(float),
+            *[
+                (values[s] == v).to_numpy().astype(float)
+                for s in segments
+                for v in sorted(values[s].unique())[1:]
+            ],
+            _fourier(hours),
+            (frame["hour"] >= release["starts_at"][0]).to_numpy().astype(float),
+        ]
+    )
+    w = frame["rated"].to_numpy().astype(float)
+    y = frame["down"].to_numpy() / w
+    gram = x.T @ (x * w[:, None])
+    beta = np.linalg.solve(gram, x.T @ (w * y))
+    resid = y - x @ beta
+    days = frame["hour"].dt.date().rank("dense").to_numpy() - 1
+    grams = np.stack([x[days == g].T @ (x[days == g] * w[days == g, None]) for g in range(8)])
+    scores = np.stack([x[days == g].T @ (w * resid)[days == g] for g in range(8)])
+    cov = _ByDay(grams, scores, gram).cov
+
+    assert result.model_effect.value == pytest.approx(beta[1], rel=1e-9)
+    assert result.model_effect.se == pytest.approx(np.sqrt(cov[1, 1]), rel=1e-7)
+    inside = [(frame["hour"] >= lo) & (frame["hour"] < hi) for lo, hi in (before, after)]
+    shift = [
+        (x[m.to_numpy()] * w[m.to_numpy(), None]).sum(0) / w[m.to_numpy()].sum() for m in inside
+    ]
+    ui = result.part("annotation:rating UI")
+    assert ui.value == pytest.approx((shift[1] - shift[0])[-1] * beta[-1], rel=1e-9)
+    mix = slice(2, 2 + 5)  # en/ja, web, code/unknown (the first level is the reference)
+    assert result.part("population shift").value == pytest.approx(
+        (shift[1] - shift[0])[mix] @ beta[mix], rel=1e-9
+    )
+    assert result.n_cells == frame.height and result.n_days == 8
