@@ -400,30 +400,33 @@ class _Sums:
         annotations: pl.DataFrame | None,
     ) -> _Sums:
         """Sum ``data`` (cells with a positive denominator, segment columns as strings)."""
-        sums = [pl.col(denominator).sum().alias("w"), pl.col(numerator).sum().alias("wy")]
-        by_time = data.group_by("hour", "model_version").agg(sums)
-        hour_series = by_time["hour"].unique().sort()
-        hours = hour_series.to_numpy()
-        day_of_hour = np.unique(hours.astype("datetime64[D]"), return_inverse=True)[1]
-        n_hours, n_days = len(hours), int(day_of_hour.max()) + 1
+        stamps, hour_of_row = np.unique(data["hour"].dt.epoch("us").to_numpy(), return_inverse=True)
+        hours = stamps.astype("datetime64[us]")
+        days, day_of_hour = np.unique(hours.astype("datetime64[D]"), return_inverse=True)
+        n_hours, n_days = len(hours), len(days)
+        day_starts = np.searchsorted(day_of_hour, np.arange(n_days))
+        # Rows of the time columns: one per (hour, version), the candidate's second.
+        time_of_row = 2 * hour_of_row + (data["model_version"] == candidate).to_numpy()
+        w_row = data[denominator].to_numpy()
+        wy_row = data[numerator].to_numpy()
 
-        # Time columns per hour: const, the model indicator (filled per row), seasonality, and
-        # the annotated changes.
+        # Time columns per (hour, version): const, the model indicator, seasonality, and the
+        # annotated changes.
         epoch = np.datetime64("2001-01-01T00:00", "h")  # a Monday: hour-of-week 0
         since_epoch = (hours.astype("datetime64[h]") - epoch).astype(np.int64)
-        ann_cols, ann_names = _annotation_columns(hour_series, annotations)
+        ann_cols, ann_names = _annotation_columns(pl.Series(hours), annotations)
         per_hour = np.column_stack(
             [np.ones(n_hours), np.zeros(n_hours), _fourier(since_epoch), *ann_cols]
         )
-        k_time = per_hour.shape[1]
-        levels = {
-            seg: sorted(data[seg].unique().to_list())[1:]  # the first level is the reference
-            for seg in segments
-        }
+        t = np.repeat(per_hour, 2, axis=0)
+        t[1::2, 1] = 1.0
+        k_time = t.shape[1]
+        levels = {seg: sorted(data[seg].unique().to_list()) for seg in segments}
+        codes = {seg: _codes(data[seg], levels[seg]) for seg in segments}
         offsets, k = {}, k_time
         for seg in segments:
             offsets[seg] = k
-            k += len(levels[seg])
+            k += len(levels[seg]) - 1  # the first level is the reference
         spans = {
             "const": slice(0, 1),
             "model": slice(1, 2),
@@ -435,64 +438,51 @@ class _Sums:
             "population shift": slice(k_time, k),
         }
 
-        def rows(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            """Each row's hour index, day index and time columns."""
-            h = np.searchsorted(hours, frame["hour"].to_numpy())
-            t = per_hour[h]
-            t[:, 1] = (frame["model_version"] == candidate).to_numpy()
-            return h, day_of_hour[h], t
+        def by_day(per_time: np.ndarray) -> np.ndarray:
+            """Sum rows indexed by (hour, version) over each day."""
+            return np.add.reduceat(per_time, 2 * day_starts, axis=0)
+
+        def by_hour(per_time: np.ndarray) -> np.ndarray:
+            return per_time[0::2] + per_time[1::2]
 
         xw = np.zeros((n_hours, k))
         grams = np.zeros((n_days, k, k))
         xwy = np.zeros((n_days, k))
-        h, d, t = rows(by_time)
-        w, wy = by_time["w"].to_numpy(), by_time["wy"].to_numpy()
-        np.add.at(xw[:, :k_time], h, w[:, None] * t)
-        np.add.at(xwy[:, :k_time], d, wy[:, None] * t)
-        tt = np.zeros((n_days, k_time, k_time))
-        np.add.at(tt, d, w[:, None, None] * t[:, :, None] * t[:, None, :])
-        grams[:, :k_time, :k_time] = tt
-        hour_w = np.bincount(h, weights=w, minlength=n_hours)
-        hour_wy = np.bincount(h, weights=wy, minlength=n_hours)
+        w = np.bincount(time_of_row, weights=w_row, minlength=2 * n_hours)
+        wy = np.bincount(time_of_row, weights=wy_row, minlength=2 * n_hours)
+        xw[:, :k_time] = by_hour(w[:, None] * t)
+        xwy[:, :k_time] = by_day(wy[:, None] * t)
+        grams[:, :k_time, :k_time] = by_day(w[:, None, None] * t[:, :, None] * t[:, None, :])
 
         # Segment columns: their cross-products with the time columns and their own diagonal.
-        paired: list[str] = []
         for seg in segments:
-            if not levels[seg]:
-                continue
-            by_seg = (
-                data.group_by("hour", "model_version", seg)
-                .agg(sums)
-                .filter(pl.col(seg).is_in(levels[seg]))
-            )
-            h, d, t = rows(by_seg)
-            col = offsets[seg] + _codes(by_seg[seg], levels[seg])
-            w, wy = by_seg["w"].to_numpy(), by_seg["wy"].to_numpy()
-            np.add.at(xw, (h, col), w)
-            np.add.at(xwy, (d, col), wy)
-            np.add.at(grams, (d, col, col), w)
-            ts = np.zeros((n_days, k, k_time))
-            np.add.at(ts, (d, col), w[:, None] * t)
-            grams[:, :, :k_time] += ts
-            grams[:, :k_time, :] += ts.transpose(0, 2, 1)
-            paired.append(seg)
+            n_levels = len(levels[seg])
+            cols = slice(offsets[seg], offsets[seg] + n_levels - 1)
+            key = time_of_row * n_levels + codes[seg]
+            size = 2 * n_hours * n_levels
+            ws = np.bincount(key, weights=w_row, minlength=size).reshape(-1, n_levels)[:, 1:]
+            wys = np.bincount(key, weights=wy_row, minlength=size).reshape(-1, n_levels)[:, 1:]
+            xw[:, cols] = by_hour(ws)
+            xwy[:, cols] = by_day(wys)
+            day_w = by_day(ws)
+            for i in range(n_levels - 1):
+                grams[:, cols.start + i, cols.start + i] = day_w[:, i]
+            cross = by_day(ws[:, :, None] * t[:, None, :])
+            grams[:, cols, :k_time] = cross
+            grams[:, :k_time, cols] = cross.transpose(0, 2, 1)
 
         # Pairs of segment columns: how their levels occur together, day by day.
-        days = np.unique(hours.astype("datetime64[D]"))
-        for a, b in itertools.combinations(paired, 2):
-            pairs = (
-                data.with_columns(pl.col("hour").dt.date().alias("day"))
-                .filter(pl.col(a).is_in(levels[a]) & pl.col(b).is_in(levels[b]))
-                .group_by("day", a, b)
-                .agg(pl.col(denominator).sum().alias("w"))
-            )
-            d = np.searchsorted(days, pairs["day"].to_numpy().astype("datetime64[D]"))
-            ca = offsets[a] + _codes(pairs[a], levels[a])
-            cb = offsets[b] + _codes(pairs[b], levels[b])
-            w = pairs["w"].to_numpy()
-            np.add.at(grams, (d, ca, cb), w)
-            np.add.at(grams, (d, cb, ca), w)
-        return cls(hours, hour_w, hour_wy, xw, grams, xwy, spans)
+        day_of_row = day_of_hour[hour_of_row]
+        for a, b in itertools.combinations(segments, 2):
+            na, nb = len(levels[a]), len(levels[b])
+            key = (day_of_row * na + codes[a]) * nb + codes[b]
+            both = np.bincount(key, weights=w_row, minlength=n_days * na * nb)
+            both = both.reshape(n_days, na, nb)[:, 1:, 1:]
+            ca = slice(offsets[a], offsets[a] + na - 1)
+            cb = slice(offsets[b], offsets[b] + nb - 1)
+            grams[:, ca, cb] = both
+            grams[:, cb, ca] = both.transpose(0, 2, 1)
+        return cls(hours, by_hour(w), by_hour(wy), xw, grams, xwy, spans)
 
 
 def _codes(values: pl.Series, levels: list[str]) -> np.ndarray:
