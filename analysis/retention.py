@@ -2,9 +2,12 @@
 
 Each user is followed from the day they enter observation (``entry``: first seen, or the start
 of the window for users who were already active, which is late entry / left truncation) to the
-day they churn or the window ends (censored). Kaplan-Meier curves per first-exposed version and
-a Cox model give the churn hazard ratio; both honour late entry, without which users who joined
-before the window would be counted as if they had been at risk from day zero.
+day they churn or the window ends (censored). Kaplan-Meier curves per first-exposed version
+(statsmodels' ``SurvfuncRight``), a log-rank test (``survdiff``) and a Cox model give the churn
+hazard ratio; all honour late entry, without which users who joined before the window would be
+counted as if they had been at risk from day zero. The Cox fit (one 0/1 covariate) is computed
+from sorted risk-set counts, equal to statsmodels' ``PHReg`` to 1e-9 and a hundred times
+faster, which a sweep over segments needs.
 
 The survivorship trap this guards against: a feedback metric computed on the users who stayed
 describes the survivors, and a version that drives unhappy users away looks better on them.
@@ -16,14 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-import statsmodels.api as sm
 from scipy import stats
 from statsmodels.duration.survfunc import SurvfuncRight, survdiff
 
 from analysis.errors import InsufficientDataError
 from analysis.results import Estimate, complete_rows, render_summary
 
-__all__ = ["RetentionComparison", "compare_retention", "survivorship_warning"]
+__all__ = ["RetentionComparison", "compare_retention", "cox_binary", "survivorship_warning"]
+
+_MAX_NEWTON = 100
 
 
 @dataclass(frozen=True)
@@ -84,8 +88,7 @@ def compare_retention(
             f"need both arms and at least 10 churn events ({int(status.sum())} here)"
         )
     z = float(stats.norm.ppf(0.5 + confidence / 2))
-    cox = sm.PHReg(time, group[:, None], status=status, entry=start).fit()
-    log_hr, se = float(cox.params[0]), float(cox.bse[0])
+    log_hr, se = cox_binary(time, status, group, start)
     hazard_ratio = Estimate(
         "churn hazard ratio (treated / control)",
         float(np.exp(log_hr)),
@@ -125,6 +128,57 @@ def compare_retention(
         ),
         warnings=tuple(warnings),
     )
+
+
+def cox_binary(
+    time: np.ndarray, status: np.ndarray, group: np.ndarray, entry: np.ndarray
+) -> tuple[float, float]:
+    """Cox model with one 0/1 covariate: its coefficient (log hazard ratio) and standard error.
+
+    Breslow ties and statsmodels' risk sets (``PHReg``: a subject is at risk at time ``t`` when
+    ``entry <= t <= time``), so the same estimate as ``sm.PHReg(time, group, status=status,
+    entry=entry).fit()`` (a test holds them to 1e-9). With one binary covariate the partial
+    likelihood needs only, per event time, the events and the number at risk in each group:
+    sorted counts instead of a Python loop over times, so a segment sweep of retention fits
+    costs milliseconds each instead of a second.
+    """
+    event = status > 0
+    times, at = np.unique(time[event], return_inverse=True)
+    deaths = np.bincount(at, minlength=len(times)).astype(float)
+    deaths_1 = np.bincount(at, weights=group[event], minlength=len(times))
+
+    def at_risk(members: np.ndarray) -> np.ndarray:
+        entered = np.searchsorted(np.sort(entry[members]), times, side="right")
+        left = np.searchsorted(np.sort(time[members]), times, side="left")
+        return (entered - left).astype(float)
+
+    n1, n0 = at_risk(group == 1), at_risk(group == 0)
+    keep = deaths > 0
+    n1, n0, deaths, deaths_1 = n1[keep], n0[keep], deaths[keep], deaths_1[keep]
+
+    def loglike(b: float) -> float:
+        return float((deaths_1 * b - deaths * np.log(n0 + n1 * np.exp(b))).sum())
+
+    beta, info = 0.0, 0.0
+    for _ in range(_MAX_NEWTON):
+        r = n1 * np.exp(beta)
+        total = n0 + r
+        score = float((deaths_1 - deaths * r / total).sum())
+        info = float((deaths * n0 * r / total**2).sum())
+        if info <= 0:
+            raise InsufficientDataError("no event time has users of both arms at risk")
+        step = score / info
+        # The partial likelihood is concave in beta: halve a step that overshoots.
+        while loglike(beta + step) < loglike(beta) - 1e-12 and abs(step) > 1e-12:
+            step /= 2
+        beta += step
+        if abs(step) < 1e-10:
+            break
+    else:
+        raise InsufficientDataError("the Cox fit did not converge (an arm with no events?)")
+    r = n1 * np.exp(beta)
+    info = float((deaths * n0 * r / (n0 + r) ** 2).sum())
+    return beta, float(1 / np.sqrt(info))
 
 
 def survivorship_warning(retention: RetentionComparison, metric: str) -> str | None:

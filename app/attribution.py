@@ -33,7 +33,6 @@ Design = Literal["concurrent", "switchover", "population", "retention"]
 DESIGNS: tuple[str, ...] = ("concurrent", "switchover", "population", "retention")
 SEGMENTS = ("cohort", "locale", "platform", "intent")
 _CHURN_DAYS = 7
-_HOURS_PER_DAY = 24.0
 
 
 @dataclass(frozen=True)
@@ -369,13 +368,6 @@ def _retention_from(
                 / day
             ).alias("duration")
         )
-    )
-    # Times in whole hours (entry down, exit up, so no one loses time at risk): the Cox fit's
-    # cost follows the number of distinct times (one per user otherwise), and hour ties
-    # (Breslow) move nothing on a scale of days.
-    frame = frame.with_columns(
-        (pl.col("duration") * _HOURS_PER_DAY).ceil() / _HOURS_PER_DAY,
-        (pl.col("entry") * _HOURS_PER_DAY).floor() / _HOURS_PER_DAY,
     )
     # A user last seen at the moment the window opened has no time at risk inside it.
     frame = frame.filter(pl.col("duration") > pl.col("entry"))
