@@ -278,9 +278,12 @@ def warehouse_ddl(
     ] = None,
     database: Annotated[str, typer.Option(help="Database name.")] = "default",
 ) -> None:
-    """Print the schema's DDL, for review or to apply on a ClickHouse cluster by hand."""
-    for statement in warehouse.render_ddl(cluster=cluster, database=database):
-        out.print(statement + ";\n", highlight=False, soft_wrap=True)
+    """Print the schema's DDL, every migration in order, for review or to apply on a ClickHouse
+    cluster by hand (``telltale`` applies it itself on first use: ``warehouse.migrate``)."""
+    for m in warehouse.MIGRATIONS:
+        out.print(f"-- migration {m.version}: {m.description}\n", highlight=False, soft_wrap=True)
+        for statement in m.statements(cluster, database):
+            out.print(statement + ";\n", highlight=False, soft_wrap=True)
 
 
 @warehouse_app.command("rebuild-rollups")

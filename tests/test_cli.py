@@ -118,6 +118,11 @@ def test_cluster_ddl_is_printed(tmp_path):
     assert ddl.returncode == 0
     assert "ReplicatedReplacingMergeTree" in ddl.stdout
     assert "Distributed(prod" in ddl.stdout
+    # every migration, in order: the shadow and alert tables too
+    marks = [ddl.stdout.index(f"-- migration {m.version}:") for m in warehouse.MIGRATIONS]
+    assert marks == sorted(marks)
+    for table in ("shadow_results", "shadow_judgments", "alerts"):
+        assert f"CREATE TABLE IF NOT EXISTS default.{table}_local ON CLUSTER prod" in ddl.stdout
 
 
 @pytest.fixture(scope="module")
