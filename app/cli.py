@@ -528,7 +528,12 @@ def demo(
     setup = time.perf_counter() - started
     _print_frame(demo_headline(found), "the candidate's effect at full exposure, across the switch")
     if "comparison" in found["shadow"]:
-        out.print(found["shadow"]["comparison"].summary("text"), markup=False, highlight=False)
+        out.print(
+            found["shadow"]["comparison"].summary("text"),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(found["alerts"], highlight=False)
     html, markdown = found["report"]
     console.print(f"weekly release review: {html} and {markdown}")
