@@ -57,7 +57,7 @@ def test_summary_and_frame_carry_the_numbers(grunfeld_frame):
 
 
 def test_too_few_clusters_is_refused(grunfeld_frame):
-    few = grunfeld_frame.filter(pl.col("firm").is_in(grunfeld_frame["firm"].unique()[:3]))
+    few = grunfeld_frame.filter(pl.col("firm").is_in(grunfeld_frame["firm"].unique()[:3].to_list()))
     with pytest.raises(InsufficientDataError, match="3 clusters"):
         fit_clustered_ols(few, outcome="invest", regressors=["value"], cluster="firm")
 
