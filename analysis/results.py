@@ -46,9 +46,11 @@ class Estimate:
     ) -> Self:
         """A symmetric interval and two-sided p-value: Student's t on ``df`` degrees of freedom,
         or the normal when ``df`` is None. The p-value is NaN when ``se`` is not positive."""
-        dist = stats.t(df) if df is not None else stats.norm()
-        crit = float(dist.ppf(0.5 + confidence / 2))
-        p = float(2 * dist.sf(abs(value / se))) if se > 0 else float("nan")
+        # Not frozen distributions: freezing one formats its docstring, a cost per estimate.
+        shape = () if df is None else (df,)
+        dist = stats.norm if df is None else stats.t
+        crit = float(dist.ppf(0.5 + confidence / 2, *shape))
+        p = float(2 * dist.sf(abs(value / se), *shape)) if se > 0 else float("nan")
         return cls(term, float(value), float(se), value - crit * se, value + crit * se, p)
 
 

@@ -338,7 +338,7 @@ def _counterfactual(
     without = mean_x.copy()
     without[:, fit.spans["model"]] = 0.0
     noise = float(np.var(observed - expected, ddof=fit.k))
-    band = float(stats.t(df_t).ppf(0.5 + confidence / 2)) * np.sqrt(
+    band = float(stats.t.ppf(0.5 + confidence / 2, df_t)) * np.sqrt(
         np.einsum("ij,jk,ik->i", without, cov, without) + noise
     )
     without_model = without @ beta

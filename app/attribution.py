@@ -220,6 +220,8 @@ def attribute_segments(
     notes = warehouse.annotations(wh, since=since, until=until)
     queried = time.perf_counter()
     results: list[tuple[str, str, str, Any]] = []
+    # Each (unit, column) split once into its values' slices, not filtered once per value.
+    slices: dict[tuple[analysis.Unit, str], dict[Any, pl.DataFrame]] = {}
     for m in wanted:
         for column, value in [("all", "all"), *segments]:
             frame = cells[m.unit]
@@ -227,7 +229,12 @@ def attribute_segments(
                 if column not in frame.columns:
                     results.append((m.name, column, value, f"{m.unit.value}s have no {column}"))
                     continue
-                frame = frame.filter(pl.col(column) == value)
+                if (m.unit, column) not in slices:
+                    slices[m.unit, column] = {
+                        key[0]: part
+                        for key, part in frame.partition_by(column, as_dict=True).items()
+                    }
+                frame = slices[m.unit, column].get(value, frame.clear())
             try:
                 if m.unit is analysis.Unit.USER:
                     result: Any = _retention_from(frame, candidate, since, until)
