@@ -1,9 +1,11 @@
 """The Kafka consumer: at-least-once delivery in, exactly-once effect in the warehouse out.
 
-The loop polls and decodes into a :class:`~ingest.sink.Batch`. When the batch is full or old
-enough it becomes a *flight*: its offset ranges are recorded (``ingest_intents``), then it is
-written on a background thread (one insert per table, deterministic dedup token) while the next
-batch fills, and only then are its offsets committed.
+The loop polls raw messages into a :class:`~ingest.sink.RawBatch`. When the batch is full or
+old enough it becomes a *flight*: its offset ranges are recorded (``ingest_intents``), it is
+decoded and validated in a separate process (:class:`~ingest.sink.DecodeProcess`; the Kafka
+client keeps this interpreter's GIL to itself) and written on a background thread (one insert
+per table, deterministic dedup token) while the next batch fills, and only then are its offsets
+committed.
 
 - Crash before the commit: when a partition is next assigned (to this process or another), the
   flight that began at its committed offset is rebuilt from exactly the recorded ranges, all
@@ -36,7 +38,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.errors import IngestError, TransientIngestError
 from ingest.metrics import IngestMetrics
-from ingest.sink import Batch, EventSink
+from ingest.sink import Batch, DeadLetter, DecodeProcess, EventSink, Prepared, RawBatch, Verdict
 from warehouse import (
     TransientWarehouseError,
     WarehouseError,
@@ -83,6 +85,11 @@ class IngestSettings(BaseSettings):
     max_partition_fetch_bytes: int = Field(
         4 * 1024 * 1024,
         description="Bytes per partition per fetch. TELLTALE_INGEST_MAX_PARTITION_FETCH_BYTES.",
+    )
+    decode_process: bool = Field(
+        True,
+        description="Decode and validate in a separate process, so the Kafka client keeps this "
+        "one's GIL to itself; false decodes on the writer thread. TELLTALE_INGEST_DECODE_PROCESS.",
     )
     backoff_max_seconds: float = Field(
         30.0,
@@ -136,7 +143,7 @@ class IngestSettings(BaseSettings):
 class _Flight:
     """A batch handed to the writer thread, and the future of its write."""
 
-    batch: Batch
+    batch: RawBatch
     future: Future[dict[TopicPartition, OffsetAndMetadata]]
     commit_only: set[TopicPartition] | None = None
     abandoned: bool = False
@@ -191,7 +198,7 @@ class KafkaIngest:
         self.settings = settings or IngestSettings()
         self.metrics = metrics or IngestMetrics(log_every=self.settings.log_every_seconds)
         self._stop = threading.Event()
-        self._batch = Batch()
+        self._batch = RawBatch()
         self._oldest = time.monotonic()
         # Partitions checked for an unfinished flight since they were assigned, and for those
         # whose flight was recovered, the last offset it covered (records up to it are written).
@@ -201,6 +208,7 @@ class KafkaIngest:
         # warehouse insert releases the GIL, so it overlaps with fetching and decoding.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="telltale-writer")
         self._inflight: _Flight | None = None
+        self._decoding = DecodeProcess(sink.decoder) if self.settings.decode_process else None
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
 
@@ -236,6 +244,8 @@ class KafkaIngest:
         except KafkaError as e:
             raise TransientIngestError(f"cannot reach Kafka at {s.bootstrap_servers}: {e}") from e
         self._consumer.subscribe(s.topics, listener=_Listener(self))
+        if self._decoding is not None:
+            self._decoding.start()  # while the group forms
         if s.metrics_port:
             self.metrics.serve(s.metrics_port)
         guard = self._signals() if install_signal_handlers else contextmanager(_noop)()
@@ -254,6 +264,8 @@ class KafkaIngest:
             polled = consumer.poll(timeout_ms=200, max_records=s.max_poll_records)
             for tp, records in polled.items():
                 self._add(tp, records)
+            if polled and self._decoding is not None:
+                self._decoding.feed(self._batch)
             if self._inflight is not None and self._inflight.future.done():
                 self._land()  # commit as soon as the write is done, not at the next flush
             if not self._batch.size:
@@ -277,8 +289,8 @@ class KafkaIngest:
         done = self._written_until.get(tp)
         if done is not None:
             records = [r for r in records if r.offset > done]
-        self._batch.extend(
-            tp.topic, tp.partition, [(r.offset, r.value) for r in records], self.sink.decoder
+        self._batch.add(
+            tp.topic, tp.partition, [r.offset for r in records], [r.value for r in records]
         )
 
     def _recover(self, tp: TopicPartition, committed: int) -> int | None:
@@ -294,7 +306,7 @@ class KafkaIngest:
             return None
         flight, ranges = found
         log.info("recovering unfinished batch %s: %s", flight, ranges)
-        batch = Batch()
+        batch = RawBatch()
         reader = KafkaConsumer(**self.settings.client_config(), enable_auto_commit=False)
         try:
             parts = {TopicPartition(s, p): (lo, hi) for s, p, lo, hi in ranges}
@@ -308,9 +320,14 @@ class KafkaIngest:
                     if part not in pending:
                         continue
                     lo, hi = pending[part]
-                    take = [(r.offset, r.value) for r in recs if lo <= r.offset <= hi]
-                    batch.extend(part.topic, part.partition, take, self.sink.decoder)
-                    if take and take[-1][0] >= hi:
+                    take = [r for r in recs if lo <= r.offset <= hi]
+                    batch.add(
+                        part.topic,
+                        part.partition,
+                        [r.offset for r in take],
+                        [r.value for r in take],
+                    )
+                    if take and take[-1].offset >= hi:
                         del pending[part]
                         reader.pause(part)
         finally:
@@ -340,7 +357,9 @@ class KafkaIngest:
         self.metrics.record_lag(lag)
         return lag
 
-    def _write(self, batch: Batch) -> dict[TopicPartition, OffsetAndMetadata]:
+    def _write(
+        self, batch: RawBatch, decoding: Future[Verdict | None] | None = None
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
         """Record the batch's ranges, write it and its dead letters; return the offsets that may
         then be committed. Runs on the writer thread (or in the rebalance listener); raises on
         failure, and may be called again with the same batch.
@@ -351,23 +370,40 @@ class KafkaIngest:
         ranges = [(s, p, lo, hi) for (s, p), (lo, hi) in sorted(batch.ranges.items())]
         record_ingest_intents(self.sink.warehouse, token, ranges)
         started = time.monotonic()
-        result = self.sink.flush(batch)
-        if batch.dead and self._producer is not None:
-            self._send_dead_letters(batch)
+        prepared = self._prepare(batch, decoding)
+        result = self.sink.write(prepared, token, lambda: self._decode(batch))
+        if prepared.dead and self._producer is not None:
+            self._send_dead_letters(prepared.dead)
         self.metrics.record_flush(result, time.monotonic() - started)
         return {TopicPartition(s, p): OffsetAndMetadata(hi + 1, None, -1) for s, p, _, hi in ranges}
 
-    def _take_batch(self) -> Batch:
+    def _prepare(self, batch: RawBatch, decoding: Future[Verdict | None] | None) -> Prepared:
+        if self._decoding is not None:
+            return self._decoding.prepare(batch, decoding)
+        return Prepared.of(self._decode(batch))
+
+    def _decode(self, batch: RawBatch) -> Batch:
+        self.sink.decoder.refresh_clock()
+        return batch.decode(self.sink.decoder)
+
+    def _take_batch(self) -> RawBatch:
         batch = self._batch
         self._reset_batch()
         return batch
 
     def _rotate(self, *, wait: bool = False) -> None:
-        """Land the flight in the air, then send the current batch off as the next one."""
+        """Land the flight in the air, then send the current batch off as the next one.
+
+        The batch starts decoding first, so its decoding overlaps the previous batch's insert.
+        """
+        filled = self._batch
+        decoding = self._decoding.submit(filled) if self._decoding and filled.size else None
         self._land()
         batch = self._take_batch()
         if batch.size:
-            self._inflight = _Flight(batch, self._writer.submit(self._write, batch))
+            # A rebalance while landing may have written the batch already and started another.
+            prepared = decoding if batch is filled else None
+            self._inflight = _Flight(batch, self._writer.submit(self._write, batch, prepared))
             if wait:
                 self._land()
 
@@ -451,11 +487,11 @@ class KafkaIngest:
         offsets.update(self._write(self._take_batch()))
         return offsets
 
-    def _send_dead_letters(self, batch: Batch) -> None:
+    def _send_dead_letters(self, dead: list[DeadLetter]) -> None:
         producer = self._producer
         topic = self.settings.dead_letter_topic
         assert producer is not None and topic
-        for d in batch.dead:
+        for d in dead:
             p = d.position
             producer.send(
                 topic,
@@ -473,7 +509,7 @@ class KafkaIngest:
             raise TransientIngestError(f"dead-letter topic {topic}: {e}") from e
 
     def _reset_batch(self) -> None:
-        self._batch = Batch()
+        self._batch = RawBatch()
         self._oldest = time.monotonic()
 
     def _close(self) -> None:
@@ -482,6 +518,8 @@ class KafkaIngest:
         if self._consumer is not None:
             self._consumer.close(autocommit=False)
         self._writer.shutdown(wait=True)
+        if self._decoding is not None:
+            self._decoding.close()
         if self._producer is not None:
             self._producer.close(timeout=10)
 

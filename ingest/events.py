@@ -10,6 +10,8 @@ object in the event's ``extra`` column. ``docs/events.md`` is the human-readable
 from __future__ import annotations
 
 import datetime as dt
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
 
@@ -181,6 +183,18 @@ class EventDecoder:
         self._max_future = max_future
         self._max_bytes = max_bytes
         self._max_ts = self._now_bound()
+
+    def __reduce__(self) -> tuple[Callable[[], EventDecoder], tuple[()]]:
+        # msgspec decoders do not pickle; a decoder travels to a decoding process as its bounds.
+        return (
+            functools.partial(
+                EventDecoder,
+                min_ts=self._min_ts,
+                max_future=self._max_future,
+                max_bytes=self._max_bytes,
+            ),
+            (),
+        )
 
     def _now_bound(self) -> dt.datetime:
         return dt.datetime.now(dt.UTC) + self._max_future

@@ -1,4 +1,4 @@
-"""The batching sink: decoded events and dead letters in, one Arrow insert per table out.
+"""The batching sink: decoded events and dead letters in, one insert per table out.
 
 Shared by the Kafka consumer and the file backfill, so both count events the same way. A batch
 is flushed as one insert per table with a deterministic ``insert_deduplication_token`` built from
@@ -13,7 +13,16 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+import uuid
+from array import array
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +41,17 @@ from ingest.events import (
 )
 from warehouse import TerminalWarehouseError, Warehouse
 
-__all__ = ["Batch", "DeadLetter", "EventSink", "FlushResult", "Position"]
+__all__ = [
+    "Batch",
+    "DeadLetter",
+    "DecodeProcess",
+    "EventSink",
+    "FlushResult",
+    "Position",
+    "Prepared",
+    "RawBatch",
+    "Verdict",
+]
 
 log = logging.getLogger("telltale.ingest")
 
@@ -72,6 +91,8 @@ class Batch:
     rows: dict[str, list[Event]] = field(default_factory=lambda: {t: [] for t in _TABLES})
     raws: dict[str, list[bytes]] = field(default_factory=lambda: {t: [] for t in _TABLES})
     extras: dict[str, list[str]] = field(default_factory=lambda: {t: [] for t in _TABLES})
+    # Where each kept event was among all messages added, counting from 0.
+    picks: dict[str, list[int]] = field(default_factory=lambda: {t: [] for t in _TABLES})
     dead: list[DeadLetter] = field(default_factory=list)
     ranges: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
@@ -96,15 +117,17 @@ class Batch:
         lo, hi = items[0][0], items[-1][0]
         known = self.ranges.get(key)
         self.ranges[key] = (lo, hi) if known is None else (min(known[0], lo), max(known[1], hi))
+        first = self.size
         self.size += len(items)
-        decode, seen, rows, raws, extras = (
+        decode, seen, rows, raws, extras, picks = (
             decoder.decode,
             self.seen,
             self.rows,
             self.raws,
             self.extras,
+            self.picks,
         )
-        for offset, raw in items:
+        for i, (offset, raw) in enumerate(items, start=first):
             decoded = decode(raw)
             if type(decoded) is not tuple:  # a DecodeFailure; `type` is cheaper on this hot path
                 self.dead.append(
@@ -119,13 +142,61 @@ class Batch:
             seen.add(event_id)
             table = event.table
             rows[table].append(event)
+            picks[table].append(i)
             extras[table].append(extra)
             raws[table].append(_with_extra(event, extra) if extra else raw)  # type: ignore[arg-type]
 
     def token(self) -> str:
         """A deterministic name for this batch: the same records always give the same token."""
-        spec = ",".join(f"{s}:{p}:{lo}-{hi}" for (s, p), (lo, hi) in sorted(self.ranges.items()))
-        return hashlib.sha256(spec.encode()).hexdigest()[:32]
+        return _token(self.ranges)
+
+
+def _token(ranges: dict[tuple[str, int], tuple[int, int]]) -> str:
+    spec = ",".join(f"{s}:{p}:{lo}-{hi}" for (s, p), (lo, hi) in sorted(ranges.items()))
+    return hashlib.sha256(spec.encode()).hexdigest()[:32]
+
+
+@dataclass(slots=True)
+class RawBatch:
+    """Undecoded messages gathered for one flush, by source, with the same ranges and token as
+    the :class:`Batch` they decode into.
+
+    The Kafka consumer fills one of these and has it decoded in another process
+    (:class:`DecodeProcess`): kafka-python decodes its records in pure Python, and our decoding
+    beside it in one interpreter would halve the rate both can reach under one GIL.
+    """
+
+    parts: list[tuple[str, int, list[int], list[bytes | None]]] = field(default_factory=list)
+    ranges: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+    size: int = 0
+    # For DecodeProcess.feed: this batch's name there, and how much of it was sent.
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    fed_parts: int = 0
+    fed_items: int = 0
+
+    def add(
+        self, source: str, partition: int, offsets: list[int], values: list[bytes | None]
+    ) -> None:
+        """Append messages of one source, in offset order (``offsets[i]`` holds ``values[i]``)."""
+        if not offsets:
+            return
+        self.parts.append((source, partition, offsets, values))
+        key = (source, partition)
+        lo, hi = offsets[0], offsets[-1]
+        known = self.ranges.get(key)
+        self.ranges[key] = (lo, hi) if known is None else (min(known[0], lo), max(known[1], hi))
+        self.size += len(offsets)
+
+    def token(self) -> str:
+        """The token of the :class:`Batch` this decodes into."""
+        return _token(self.ranges)
+
+    def decode(self, decoder: EventDecoder) -> Batch:
+        """Decode every message, in the order added."""
+        batch = Batch()
+        for source, partition, offsets, values in self.parts:
+            batch.extend(source, partition, list(zip(offsets, values, strict=True)), decoder)
+        return batch
 
 
 def _with_extra(event: Event, extra: str) -> bytes:
@@ -134,6 +205,68 @@ def _with_extra(event: Event, extra: str) -> bytes:
     obj["type"] = event.__struct_config__.tag
     obj["extra"] = extra
     return msgspec.json.encode(obj)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A decoded batch reduced to what its insert needs: one JSONEachRow payload per table.
+
+    Small to send between processes: a few large byte strings instead of one object per event.
+    """
+
+    payloads: dict[str, bytes]
+    counts: dict[str, int]
+    dead: list[DeadLetter]
+    duplicates: int
+
+    @classmethod
+    def of(cls, batch: Batch) -> Prepared:
+        """Join each table's raw events into one newline-separated payload."""
+        return cls(
+            payloads={t: b"\n".join(r) for t, r in batch.raws.items() if r},
+            counts={t: len(r) for t, r in batch.raws.items() if r},
+            dead=batch.dead,
+            duplicates=batch.duplicates,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What decoding a :class:`RawBatch` decided, without the events themselves: which messages
+    go to which table (by position), the few re-encoded with their unknown fields, the dead
+    letters. Tiny to send back from the decoding process; the payloads are then joined from the
+    raw batch the consumer still holds.
+    """
+
+    picks: dict[str, array[int]]
+    reencoded: dict[int, bytes]
+    dead: list[DeadLetter]
+    duplicates: int
+
+    @classmethod
+    def of(cls, batch: Batch) -> Verdict:
+        """The verdict of a decoded batch."""
+        reencoded = {
+            i: raw
+            for t in _TABLES
+            for i, raw, extra in zip(batch.picks[t], batch.raws[t], batch.extras[t], strict=True)
+            if extra
+        }
+        picks = {t: array("q", p) for t, p in batch.picks.items() if p}
+        return cls(picks, reencoded, batch.dead, batch.duplicates)
+
+    def prepare(self, batch: RawBatch) -> Prepared:
+        """The insert payloads of ``batch``, the raw batch this verdict was given on."""
+        values = [v for part in batch.parts for v in part[3]]
+        payloads = {}
+        for table, picks in self.picks.items():
+            if self.reencoded:
+                rows = [self.reencoded.get(i) or values[i] for i in picks]
+            else:
+                rows = list(map(values.__getitem__, picks))
+            payloads[table] = b"\n".join(rows)  # type: ignore[arg-type]
+        counts = {t: len(p) for t, p in self.picks.items()}
+        return Prepared(payloads, counts, self.dead, self.duplicates)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,30 +396,169 @@ class EventSink:
 
     def flush(self, batch: Batch) -> FlushResult:
         """Insert the batch. On :class:`warehouse.WarehouseError` it may be retried as is."""
-        token = batch.token()
-        written: dict[str, int] = {}
+        result = self.write(Prepared.of(batch), batch.token(), lambda: batch)
+        self.decoder.refresh_clock()
+        return result
+
+    def write(self, prepared: Prepared, token: str, decoded: Callable[[], Batch]) -> FlushResult:
+        """Insert a prepared batch under ``token``; may be retried as is.
+
+        ``decoded`` gives the decoded batch, asked for only if ClickHouse refuses a payload.
+        """
         for table in _TABLES:
-            raws = batch.raws[table]
-            if not raws:
+            payload = prepared.payloads.get(table)
+            if payload is None:
                 continue
             table_token = f"{token}:{table}"
             try:
-                self.warehouse.insert_json(f"{table}_in", b"\n".join(raws), dedup_token=table_token)
+                self.warehouse.insert_json(f"{table}_in", payload, dedup_token=table_token)
             except TerminalWarehouseError as e:
                 # ClickHouse refused JSON that our decoder accepted: write the decoded events
                 # as Arrow instead, so one odd event cannot stall its partition.
                 log.warning("JSON insert into %s refused (%s); writing it as Arrow", table, e)
+                batch = decoded()
                 columns = _BUILDERS[table](batch.rows[table], batch.extras[table])
-                columns["ingest_batch"] = pa.array([table_token] * len(raws), _STR)
+                columns["ingest_batch"] = pa.array([table_token] * len(batch.rows[table]), _STR)
                 self.warehouse.insert_arrow(
                     f"{table}_in", pa.table(columns), dedup_token=table_token
                 )
-            written[table] = len(raws)
-        if batch.dead:
+        if prepared.dead:
             self.warehouse.insert_arrow(
                 "dead_letters",
-                _dead_letters(batch.dead, dt.datetime.now(dt.UTC)),
+                _dead_letters(prepared.dead, dt.datetime.now(dt.UTC)),
                 dedup_token=f"{token}:dead_letters",
             )
-        self.decoder.refresh_clock()
-        return FlushResult(written, len(batch.dead), batch.duplicates)
+        return FlushResult(dict(prepared.counts), len(prepared.dead), prepared.duplicates)
+
+
+class DecodeProcess:
+    """Decodes :class:`RawBatch` es in one worker process, started on first use.
+
+    The consumer :meth:`feed` s the batch as it fills, so that by the time it is full most of
+    it is decoded; :meth:`submit` then asks for the :class:`Verdict`, and :meth:`prepare` joins
+    the payloads. If the worker dies (killed, out of memory), the batch is decoded on the
+    calling thread instead and a new worker is started for the next one: decoding is
+    deterministic, so where it runs changes nothing in what is written.
+    """
+
+    def __init__(self, decoder: EventDecoder) -> None:
+        self._decoder = decoder
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the worker now rather than on the first batch (it takes about a second)."""
+        self._submit(os.getpid)
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        with self._lock:  # called from the consumer's, the writer's and Kafka's IO threads
+            if self._pool is not None:
+                try:
+                    return self._pool.submit(fn, *args)
+                except BrokenProcessPool:
+                    pass
+            # spawn, not fork: the parent runs kafka-python's and chdb's threads.
+            self._pool = ProcessPoolExecutor(
+                1, mp.get_context("spawn"), initializer=_start_worker, initargs=(self._decoder,)
+            )
+            return self._pool.submit(fn, *args)
+
+    def feed(self, batch: RawBatch) -> None:
+        """Send what was added to ``batch`` since the last feed, to be decoded meanwhile."""
+        if batch.fed_parts == len(batch.parts):
+            return
+        parts = batch.parts[batch.fed_parts :]
+        # A feed that fails leaves a gap the worker notices; the batch is then decoded whole.
+        self._submit(_feed_in_worker, batch.key, batch.fed_items, parts)
+        batch.fed_parts = len(batch.parts)
+        batch.fed_items = batch.size
+
+    def submit(self, batch: RawBatch) -> Future[Verdict | None]:
+        """Ask for the verdict on ``batch``; :meth:`prepare` collects it."""
+        if not batch.fed_items:
+            return self._submit(_judge_in_worker, batch)
+        self.feed(batch)
+        return self._submit(_finish_in_worker, batch.key, batch.size)
+
+    def prepare(self, batch: RawBatch, pending: Future[Verdict | None] | None = None) -> Prepared:
+        """The insert payloads of ``batch``, from the verdict ``pending`` (its :meth:`submit`)
+        or a new one."""
+        try:
+            verdict = (pending or self.submit(batch)).result()
+            if verdict is None:  # the worker lost part of what was fed (it was restarted)
+                verdict = self._submit(_judge_in_worker, batch).result()
+            assert verdict is not None
+            return verdict.prepare(batch)
+        except BrokenProcessPool:
+            log.warning("the decoding process died; decoding this batch in the consumer")
+            self._decoder.refresh_clock()
+            return Prepared.of(batch.decode(self._decoder))
+
+    def close(self) -> None:
+        """Stop the worker."""
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
+
+
+_worker_decoder: EventDecoder | None = None
+"""The decoding process's decoder, set when it starts."""
+
+
+def _start_worker(decoder: EventDecoder) -> None:
+    global _worker_decoder
+    _worker_decoder = decoder
+    # Ctrl-C reaches the whole process group; the consumer flushes and then stops the worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    # A consumer killed with SIGKILL cannot stop its pool, and the worker, blocked reading its
+    # task pipe, would outlive it; it polls for its parent instead.
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+_worker_batch: tuple[str, Batch] | None = None
+"""The batch being fed to the decoding process, by key."""
+
+
+def _decoder_in_worker() -> EventDecoder:
+    decoder = _worker_decoder
+    assert decoder is not None, "initializer not run"
+    return decoder
+
+
+def _judge_in_worker(batch: RawBatch) -> Verdict:
+    decoder = _decoder_in_worker()
+    decoder.refresh_clock()
+    return Verdict.of(batch.decode(decoder))
+
+
+def _feed_in_worker(
+    key: str, start: int, parts: list[tuple[str, int, list[int], list[bytes | None]]]
+) -> None:
+    global _worker_batch
+    decoder = _decoder_in_worker()
+    if _worker_batch is None or _worker_batch[0] != key:
+        if start:  # joined half-way (a restarted worker): the verdict will be asked whole
+            return
+        decoder.refresh_clock()
+        _worker_batch = (key, Batch())
+    batch = _worker_batch[1]
+    if batch.size != start:
+        return
+    for source, partition, offsets, values in parts:
+        batch.extend(source, partition, list(zip(offsets, values, strict=True)), decoder)
+
+
+def _finish_in_worker(key: str, size: int) -> Verdict | None:
+    global _worker_batch
+    if _worker_batch is None or _worker_batch[0] != key:
+        return None
+    batch = _worker_batch[1]
+    _worker_batch = None
+    return Verdict.of(batch) if batch.size == size else None

@@ -149,6 +149,23 @@ def start_consumer(settings: IngestSettings, url: str, log: Path) -> subprocess.
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
+@pytest.fixture
+def consumers():
+    """Start consumer processes like ``start_consumer``; any still running at the end (a test
+    that failed half-way) is killed, so it cannot load the machine for the tests after it."""
+    started: list[subprocess.Popen] = []
+
+    def start(settings: IngestSettings, url: str, log: Path) -> subprocess.Popen:
+        started.append(start_consumer(settings, url, log))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def assert_exact(url: str, stream: Stream) -> None:
     with warehouse.connect(url) as wh:
         counts = dict(warehouse.event_counts(wh).iter_rows())
@@ -170,7 +187,7 @@ def dead_letter_keys(bootstrap: str, topic: str) -> set[bytes]:
     return keys
 
 
-def test_kill_9_three_times_still_exactly_once(kafka_broker, kafka_topics, tmp_path):
+def test_kill_9_three_times_still_exactly_once(kafka_broker, kafka_topics, tmp_path, consumers):
     stream = make_stream(200_000, seed=1)
     produce(kafka_broker.bootstrap, kafka_topics, stream.messages)
     total = len(stream.messages)
@@ -179,7 +196,7 @@ def test_kill_9_three_times_still_exactly_once(kafka_broker, kafka_topics, tmp_p
     log = tmp_path / "consumer.log"
     rng = random.Random(7)
     for moment in range(3):
-        proc = start_consumer(settings, url, log)
+        proc = consumers(settings, url, log)
         # kill at a random point while it is mid-stream: after some progress, before the end
         target = total * rng.uniform(0.15 + 0.25 * moment, 0.3 + 0.25 * moment)
         wait_for(
@@ -194,7 +211,7 @@ def test_kill_9_three_times_still_exactly_once(kafka_broker, kafka_topics, tmp_p
         assert proc.poll() is None, log.read_text()[-3000:]
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    proc = start_consumer(settings, url, log)
+    proc = consumers(settings, url, log)
     wait_for(lambda: lag(kafka_broker.bootstrap, "kill9", settings.topics) == 0, 300, "lag 0")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
@@ -256,14 +273,14 @@ def assert_exact_open(wh, stream: Stream) -> None:
     assert rolled.row(0) == (stream.distinct["responses"], stream.distinct["feedback"])
 
 
-def test_broker_restart_mid_stream(kafka_broker, kafka_topics, tmp_path):
+def test_broker_restart_mid_stream(kafka_broker, kafka_topics, tmp_path, consumers):
     stream = make_stream(60_000, seed=3)
     half = len(stream.messages) // 2
     produce(kafka_broker.bootstrap, kafka_topics, stream.messages[:half])
     settings = settings_for(kafka_broker, kafka_topics, "restart")
     url = f"chdb://{tmp_path}/wh"
     log = tmp_path / "consumer.log"
-    proc = start_consumer(settings, url, log)
+    proc = consumers(settings, url, log)
     wait_for(
         lambda: half - lag(kafka_broker.bootstrap, "restart", settings.topics) > half // 3,
         120,

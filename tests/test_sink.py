@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -10,10 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import warehouse
-from ingest import Batch, EventSink, backfill
+from ingest import Batch, EventDecoder, EventSink, backfill
+from ingest.sink import DecodeProcess, Prepared, RawBatch
 
 from events_factory import encode, feedback, response, retry, session_end
 
+REPO = Path(__file__).resolve().parent.parent
 SQLISH = "Robert'); DROP TABLE responses;-- {x:String} \\' \" `"
 EMOJI_RTL = "שלום עולם 👋🏽 مرحبا ‮reversed‬ 家族👨‍👩‍👧"
 
@@ -227,3 +234,126 @@ def test_rebuild_reproduces_the_streaming_rollups(wh):
     warehouse.rebuild_rollups(wh)
     assert wh.query_frame(query).equals(streamed)
     assert wh.query_frame(sessions).equals(streamed_sessions)
+
+
+def _raw_batch() -> RawBatch:
+    good = [encode(response(i)) for i in range(50)] + [encode(feedback(i)) for i in range(10)]
+    values: list[bytes | None] = [*good, encode(response(3)), *BAD.values(), None]
+    raw = RawBatch()
+    raw.add("topic-a", 0, list(range(len(values))), values)
+    raw.add("topic-b", 2, [40, 41], [encode(retry(1)), encode(response(999, extra_field=1))])
+    return raw
+
+
+def test_the_decoding_process_prepares_what_decoding_here_prepares():
+    raw = _raw_batch()
+    here = Prepared.of(raw.decode(EventDecoder()))
+    decoding = DecodeProcess(EventDecoder())
+    try:
+        there = decoding.prepare(raw)
+    finally:
+        decoding.close()
+    assert there == here
+    assert here.counts == {"responses": 51, "feedback": 10, "retries": 1}
+    assert here.duplicates == 1 and len(here.dead) == len(BAD) + 1
+    assert raw.token() == raw.decode(EventDecoder()).token()
+
+
+def test_a_decoder_keeps_its_bounds_across_processes():
+    strict = EventDecoder(max_bytes=100)
+    raw = RawBatch()
+    raw.add("t", 0, [0], [encode(response(0))])
+    decoding = DecodeProcess(strict)
+    try:
+        prepared = decoding.prepare(raw)
+    finally:
+        decoding.close()
+    assert [d.failure.kind for d in prepared.dead] == ["too_large"]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_the_decoding_process_ends_with_a_consumer_killed_by_sigkill():
+    script = (
+        "import sys, time\n"
+        "from ingest import EventDecoder\n"
+        "from ingest.sink import DecodeProcess, RawBatch\n"
+        "raw = RawBatch()\n"
+        "raw.add('t', 0, [0], [b'{}'])\n"
+        "DecodeProcess(EventDecoder()).prepare(raw)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        workers = [
+            pid
+            for pid in _children(proc.pid)
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert workers, "no decoding process found"
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 15
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "the decoding process outlived its consumer"
+
+
+def test_a_killed_decoding_process_loses_no_batch():
+    raw = _raw_batch()
+    here = Prepared.of(raw.decode(EventDecoder()))
+    decoding = DecodeProcess(EventDecoder())
+    try:
+        assert decoding.prepare(raw) == here
+        workers = [
+            pid
+            for pid in _children(os.getpid())
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert workers
+        pending = decoding.submit(raw)
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        assert decoding.prepare(raw, pending) == here  # its result, or decoded here instead
+        assert decoding.prepare(raw) == here  # and a new worker for the next batch
+    finally:
+        decoding.close()
+
+
+def test_a_batch_fed_while_it_fills_gives_the_same_payloads():
+    whole = _raw_batch()
+    here = Prepared.of(whole.decode(EventDecoder()))
+    decoding = DecodeProcess(EventDecoder())
+    try:
+        fed = RawBatch()
+        for source, partition, offsets, values in whole.parts:
+            half = len(offsets) // 2
+            fed.add(source, partition, offsets[:half], values[:half])
+            decoding.feed(fed)
+            fed.add(source, partition, offsets[half:], values[half:])
+        assert decoding.prepare(fed, decoding.submit(fed)) == here  # the tail is fed by submit
+        # the next batch starts afresh; one whose feeding the worker missed is decoded whole
+        again = RawBatch()
+        again.add(*whole.parts[0])
+        again.fed_parts, again.fed_items = 1, again.size  # as if fed to a worker since lost
+        assert decoding.prepare(again).counts == {"responses": 50, "feedback": 10}
+    finally:
+        decoding.close()
