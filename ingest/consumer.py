@@ -72,12 +72,12 @@ class IngestSettings(BaseSettings):
         "disable. TELLTALE_INGEST_DEAD_LETTER_TOPIC.",
     )
     batch_max_events: int = Field(
-        50_000,
+        200_000,
         ge=1,
         description="Flush after this many messages. TELLTALE_INGEST_BATCH_MAX_EVENTS.",
     )
     batch_max_seconds: float = Field(
-        1.0, gt=0, description="Flush a batch this old. TELLTALE_INGEST_BATCH_MAX_SECONDS."
+        2.0, gt=0, description="Flush a batch this old. TELLTALE_INGEST_BATCH_MAX_SECONDS."
     )
     max_poll_records: int = Field(
         10_000, ge=1, description="Records per poll. TELLTALE_INGEST_MAX_POLL_RECORDS."
@@ -89,7 +89,8 @@ class IngestSettings(BaseSettings):
     decode_process: bool = Field(
         True,
         description="Decode and validate in a separate process, so the Kafka client keeps this "
-        "one's GIL to itself; false decodes on the writer thread. TELLTALE_INGEST_DECODE_PROCESS.",
+        "one's GIL to itself; false decodes on the writer thread, faster when every core already "
+        "runs a consumer. TELLTALE_INGEST_DECODE_PROCESS.",
     )
     backoff_max_seconds: float = Field(
         30.0,
