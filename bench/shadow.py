@@ -119,6 +119,7 @@ def _runner(
     concurrency: int,
     max_tokens: int,
     run_id: str,
+    progress: bool,
 ) -> float:
     settings = shadow.ShadowSettings(
         candidate_urls=[url],
@@ -131,7 +132,9 @@ def _runner(
         async with shadow.HttpTarget(
             [url], model, concurrency=concurrency, extra_body=IGNORE_EOS
         ) as target:
-            runner = shadow.ShadowRunner(wh, settings, targets={"candidate": target})
+            runner = shadow.ShadowRunner(
+                wh, settings, targets={"candidate": target}, progress=progress
+            )
             return await runner.run(samples, run_id=run_id)
 
     t0 = time.perf_counter()
@@ -149,6 +152,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="Alternating repeats.")
     parser.add_argument("--max-tokens", type=int, default=32, help="Tokens decoded per request.")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 128])
+    parser.add_argument(
+        "--no-progress", action="store_true", help="The runner without its progress bar."
+    )
     args = parser.parse_args()
 
     samples = _samples(args.requests)
@@ -186,6 +192,7 @@ def main() -> None:
                             c,
                             args.max_tokens,
                             f"bench-{c}-{rep}",
+                            not args.no_progress,
                         )
                     ms = (time.process_time() - started) / len(samples) * 1e3
                     rates.setdefault((c, who), []).append(rate)

@@ -385,12 +385,6 @@ class _Run:
         )  # fmt: skip
         if len(self.buffer) >= self.settings.write_batch_rows:
             self.buffer_full.set()
-        if self.progress is not None:
-            self.progress.update(
-                self.task_id,
-                advance=1,
-                errors=self.counts["error"] + self.counts["timeout"],
-            )
 
     async def flush(self) -> None:
         """Write the buffered rows (retrying a warehouse that is briefly unavailable)."""
@@ -468,9 +462,13 @@ class _Run:
         self.tasks += [asyncio.create_task(self._batch_worker(a, s)) for a, s in batched.items()]
         writer = asyncio.create_task(self._writer())
         with self._progress_bar(console):
+            ticker = asyncio.create_task(self._show_progress()) if self.progress else None
             try:
                 await self._wait_workers(writer)
             finally:
+                if ticker is not None:
+                    ticker.cancel()
+                    self._tick()
                 self.closing = True
                 self.buffer_full.set()
                 with contextlib.suppress(ShadowError):  # raised already from _wait_workers
@@ -479,6 +477,22 @@ class _Run:
                     for sig in (signal.SIGINT, signal.SIGTERM):
                         loop.remove_signal_handler(sig)
                 await self.flush()
+
+    async def _show_progress(self) -> None:
+        # Not once per request: rich's refresh thread holds the bar's lock while it renders, and
+        # an update per request made the event loop wait on every render while finished streams
+        # went unread (at concurrency 128 the server then ran 0-74 of the 128 requests in flight).
+        while True:
+            self._tick()
+            await asyncio.sleep(0.5)
+
+    def _tick(self) -> None:
+        if self.progress is not None:
+            self.progress.update(
+                self.task_id,
+                completed=sum(self.counts.values()),
+                errors=self.counts["error"] + self.counts["timeout"],
+            )
 
     async def _wait_workers(self, writer: asyncio.Task[None]) -> None:
         pending = set(self.tasks)
