@@ -7,8 +7,12 @@ held by one process at a time: close it everywhere else (the demo, an ingest) be
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
+import webbrowser
 from pathlib import Path
 from typing import Annotated
 
@@ -26,18 +30,18 @@ def streamlit_command(
     *,
     port: int = 8501,
     host: str = "127.0.0.1",
-    headless: bool = True,
     error_details: str = "type",
 ) -> list[str]:
-    """``python -m streamlit run`` on the app: on ``host:port``, no usage statistics sent, no
-    file watcher (it polls the tree: CPU the analyses need), and uncaught errors shown as their
-    type only (``error_details``: full, stacktrace, type or none; the pages catch the errors
-    they expect and say what to do)."""
+    """``python -m streamlit run`` on the app: on ``host:port``, headless (not headless,
+    Streamlit's first run on a machine stops to ask for an e-mail address on stdin; :func:`serve`
+    opens the browser itself), no usage statistics sent, no file watcher (it polls the tree: CPU
+    the analyses need), and uncaught errors shown as their type only (``error_details``: full,
+    stacktrace, type or none; the pages catch the errors they expect and say what to do)."""
     return [
         sys.executable, "-m", "streamlit", "run", str(ENTRY),
         "--server.address", host,
         "--server.port", str(port),
-        "--server.headless", "true" if headless else "false",
+        "--server.headless", "true",
         "--server.fileWatcherType", "none",
         "--browser.gatherUsageStats", "false",
         "--client.showErrorDetails", error_details,
@@ -46,17 +50,41 @@ def streamlit_command(
 
 
 def serve(
-    url: str | None = None, *, port: int = 8501, host: str = "127.0.0.1", headless: bool = False
+    url: str | None = None,
+    *,
+    port: int = 8501,
+    host: str = "127.0.0.1",
 ) -> int:
     """Serve the app on ``url``'s warehouse (default: ``TELLTALE_WAREHOUSE_URL`` or the embedded
-    one) until interrupted; the server's exit status."""
+    one) until interrupted, opening it in the browser once it listens (where there is one); the
+    server's exit status."""
     env = dict(os.environ)
     if url is not None:
         env["TELLTALE_WAREHOUSE_URL"] = url
-    try:
-        return subprocess.call(streamlit_command(port=port, host=host, headless=headless), env=env)
-    except KeyboardInterrupt:
-        return 130
+    with subprocess.Popen(streamlit_command(port=port, host=host), env=env) as proc:
+        # As Streamlit does: on Linux without a display, webbrowser would pick a text browser.
+        no_display = sys.platform.startswith("linux") and not (
+            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        )
+        if not no_display:
+            threading.Thread(target=_open_when_up, args=(proc, host, port), daemon=True).start()
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.kill()
+            proc.wait()
+            return 130
+
+
+def _open_when_up(proc: subprocess.Popen[bytes], host: str, port: int) -> None:
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                webbrowser.open(f"http://{host}:{port}")  # False, and nothing else, without one
+                return
+        except OSError:
+            time.sleep(0.3)
 
 
 def app_command(
