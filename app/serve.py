@@ -7,6 +7,7 @@ held by one process at a time: close it everywhere else (the demo, an ingest) be
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -68,12 +69,16 @@ def serve(
         )
         if not no_display:
             threading.Thread(target=_open_when_up, args=(proc, host, port), daemon=True).start()
+        # A SIGTERM to us (a service manager, `timeout`) must not leave the app holding its port.
+        previous = signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
         try:
             return proc.wait()
         except KeyboardInterrupt:
             proc.kill()
             proc.wait()
             return 130
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _open_when_up(proc: subprocess.Popen[bytes], host: str, port: int) -> None:
