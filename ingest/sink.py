@@ -194,9 +194,15 @@ class RawBatch:
     def decode(self, decoder: EventDecoder) -> Batch:
         """Decode every message, in the order added."""
         batch = Batch()
-        for source, partition, offsets, values in self.parts:
-            batch.extend(source, partition, list(zip(offsets, values, strict=True)), decoder)
+        _extend(batch, self.parts, decoder)
         return batch
+
+
+def _extend(
+    batch: Batch, parts: list[tuple[str, int, list[int], list[bytes | None]]], decoder: EventDecoder
+) -> None:
+    for source, partition, offsets, values in parts:
+        batch.extend(source, partition, list(zip(offsets, values, strict=True)), decoder)
 
 
 def _with_extra(event: Event, extra: str) -> bytes:
@@ -551,8 +557,7 @@ def _feed_in_worker(
     batch = _worker_batch[1]
     if batch.size != start:
         return
-    for source, partition, offsets, values in parts:
-        batch.extend(source, partition, list(zip(offsets, values, strict=True)), decoder)
+    _extend(batch, parts, decoder)
 
 
 def _finish_in_worker(key: str, size: int) -> Verdict | None:
