@@ -79,6 +79,7 @@ __all__ = [
     "AlertPolicy",
     "RegressionScan",
     "alert_id_of",
+    "cusum_delay_hours",
     "cusum_threshold",
     "detect_regressions",
     "select_new_alerts",
@@ -182,7 +183,8 @@ class RegressionScan:
     ``series`` has one row per series and hour (observed, expected, the band of +-2 standard
     deviations around the expectation, and the CUSUM statistic): the chart behind an alert.
     ``diagnostics`` has one row per series: its overdispersion, signal-to-noise at the design
-    shift, threshold, and how the expectation was formed.
+    shift, threshold, the expected hours to detect the design shift (``delay_hours``), and how
+    the expectation was formed.
     """
 
     metric: str
@@ -262,6 +264,22 @@ def cusum_threshold(c2: float, arl0_hours: float, *, bias_sd: float = 0.0) -> fl
     while excess_rate(upper) > 0:
         upper *= 2
     return float(optimize.brentq(excess_rate, 0.0, upper))
+
+
+def cusum_delay_hours(c2: float, h: float) -> float:
+    """Expected hours for a CUSUM with threshold ``h`` to alarm once the shift it is tuned to
+    has begun (from a statistic at 0), for per-hour signal-to-noise ``c = sqrt(c2)``.
+
+    Siegmund's approximation again, now for the drift ``+c^2/2``. With the threshold of
+    :func:`cusum_threshold` at ``bias_sd = 0``, this is the least worst-case delay *any*
+    detector can have at that false-alarm rate: the CUSUM is optimal in Lorden's sense
+    (Moustakides 1986), so a target below it cannot be met by a better detector, only by more
+    signal per hour (more traffic, a larger shift) or more false alarms.
+    """
+    if c2 <= 0:
+        return math.inf
+    barrier = h + _SIEGMUND * math.sqrt(c2)
+    return (math.exp(-barrier) + barrier - 1) / (c2 / 2)
 
 
 def alert_id_of(
@@ -771,6 +789,7 @@ def _run_cusum(
                 "snr": float(np.sqrt(np.mean(c2))),
                 "bias_sd": bias_sd,
                 "threshold": h,
+                "delay_hours": cusum_delay_hours(float(np.mean(c2)), h),
                 "basis": _basis(group["basis"]),
                 "alarms": sum(1 for a in alarms if tuple(a[k] for k in keys) == key),
             }

@@ -16,10 +16,18 @@ Three measurements, each over several seeds in one process:
   whose users are also worse than anyone in their segments (0.5 log-odds: a change in who the
   users are that no segment column shows). Alarms in the three days after the change.
 
+For the time to alert it also prints what no detector can beat: per seed, the candidate's
+all-traffic signal-to-noise per hour at the 10% shift (``snr``), the expected delay of our
+CUSUM at its threshold (``delay_hours``), and that of the optimal detector at the issue's
+false-alarm target of one per 30 days (the CUSUM with the textbook threshold, optimal in
+Lorden's sense: ``analysis.cusum_delay_hours``). ``--users`` scales the volume (initial users
+and daily sign-ups) to see where the 6-hour target becomes reachable.
+
 Cells come straight from the simulated events (``responses_frame`` of
 ``bench/validate_attribution.py``; the ingest path is tested on its own).
 
     python bench/alerts.py --null-seeds 6 --delay-seeds 20 --quiet-seeds 3 --out alerts.json
+    python bench/alerts.py --null-seeds 0 --quiet-seeds 0 --delay-seeds 20 --users 60000
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ NULL_DAYS = 30
 SWITCH = dt.datetime(2026, 9, 15)
 QUIET_AT = dt.datetime(2026, 9, 18)  # a Friday
 TEN_PERCENT = 0.158  # log-odds that raise the thumbs-down rate by about 10%
+TARGET_FALSE_ALARM_DAYS = 30.0  # the issue's bound: at most one false alarm per series per 30 days
 
 
 def cells_of(sc: Scenario, seed: int) -> pl.DataFrame:
@@ -67,9 +76,18 @@ def cells_of(sc: Scenario, seed: int) -> pl.DataFrame:
     return frame.group_by(["hour", "model_version", *SEGMENTS]).agg(pl.col(COUNTS).sum())
 
 
-def null_scenario() -> Scenario:
-    """The default scenario with nothing planted, 44 days from 2026-09-01."""
+def null_scenario(users: int | None = None) -> Scenario:
+    """The default scenario with nothing planted, 44 days from 2026-09-01; ``users`` scales
+    the initial users and the daily sign-ups together (default: the scenario's 20,000)."""
     base = Scenario.default()
+    if users is not None:
+        scale = users / base.population.initial_users
+        base = base.evolve(
+            population={
+                "initial_users": users,
+                "new_users_per_day": base.population.new_users_per_day * scale,
+            }
+        )
     rollout = base.rollout.model_copy(update={"effects": ()})  # type: ignore[union-attr]
     return base.evolve(
         days=BASELINE_DAYS + NULL_DAYS,
@@ -81,9 +99,9 @@ def null_scenario() -> Scenario:
     )
 
 
-def planted_scenario(size: float) -> Scenario:
+def planted_scenario(size: float, users: int | None = None) -> Scenario:
     """Two weeks on the baseline, then everyone on a candidate with thumbs-down +size."""
-    base = null_scenario()
+    base = null_scenario(users)
     rollout = base.rollout.model_copy(  # type: ignore[union-attr]
         update={
             "stages": (),
@@ -144,9 +162,12 @@ def false_alarms(seed: int, policy: analysis.AlertPolicy) -> list[dict[str, Any]
     return rows
 
 
-def delay(seed: int, size: float, policy: analysis.AlertPolicy) -> dict[str, Any]:
-    """Hours from the switch to the candidate's first thumbs-down alarm."""
-    cells = cells_of(planted_scenario(size), seed)
+def delay(
+    seed: int, size: float, policy: analysis.AlertPolicy, users: int | None = None
+) -> dict[str, Any]:
+    """Hours from the switch to the candidate's first thumbs-down alarm, with the expected
+    delays of our detector and of the optimal one (module doc)."""
+    cells = cells_of(planted_scenario(size, users), seed)
     scan = analysis.detect_regressions(
         cells,
         metric="thumbs_down_rate",
@@ -163,6 +184,11 @@ def delay(seed: int, size: float, policy: analysis.AlertPolicy) -> dict[str, Any
         return (frame["detected_at"].min() - SWITCH).total_seconds() / 3600 + 1  # hour's end
 
     overall = mine.filter(pl.col("segment") == "all")
+    series = scan.diagnostics.filter(
+        (pl.col("model_version") == "assistant-2026-09") & (pl.col("segment") == "all")
+    )
+    snr = float(series["snr"][0])
+    best = analysis.cusum_threshold(snr**2, TARGET_FALSE_ALARM_DAYS * 24)
     return {
         "seed": seed,
         "overall_hours": hours(overall),
@@ -170,6 +196,9 @@ def delay(seed: int, size: float, policy: analysis.AlertPolicy) -> dict[str, Any
         "severity": overall["severity"][0] if overall.height else None,
         "estimated_shift": overall["relative_shift"][0] if overall.height else None,
         "early_alarms": scan.alarms.filter(pl.col("detected_at") < SWITCH).height,
+        "snr": snr,
+        "delay_hours": float(series["delay_hours"][0]),
+        "optimal_delay_hours": analysis.cusum_delay_hours(snr**2, best),
     }
 
 
@@ -230,6 +259,7 @@ def main() -> None:
     parser.add_argument("--delay-seeds", type=int, default=20)
     parser.add_argument("--quiet-seeds", type=int, default=3)
     parser.add_argument("--size", type=float, default=TEN_PERCENT)
+    parser.add_argument("--users", type=int, default=None, help="initial users (default 20,000)")
     parser.add_argument(
         "--false-alarm-days", type=float, default=analysis.AlertPolicy().false_alarm_days,
         help="in-control days between false alarms per series (the threshold's calibration)",
@@ -238,9 +268,13 @@ def main() -> None:
     args = parser.parse_args()
     policy = analysis.AlertPolicy(false_alarm_days=args.false_alarm_days)
     started = time.monotonic()
-    report: dict[str, Any] = {"generator": "bench/alerts.py", "policy": str(policy)}
+    report: dict[str, Any] = {
+        "generator": "bench/alerts.py",
+        "policy": str(policy),
+        "users": args.users or Scenario.default().population.initial_users,
+    }
 
-    truth = ground_truth(planted_scenario(args.size), seed=1)
+    truth = ground_truth(planted_scenario(args.size, args.users), seed=1)
     planted = next(
         r for r in truth["expected_differences"]
         if r["metric"] == "thumbs_down_rate" and not r["segment"]
@@ -251,7 +285,7 @@ def main() -> None:
 
     delays = []
     for seed in range(1, args.delay_seeds + 1):
-        delays.append(delay(seed, args.size, policy))
+        delays.append(delay(seed, args.size, policy, args.users))
         print(f"delay seed {seed}: {delays[-1]} ({time.monotonic() - started:.0f} s)", flush=True)
     report["delays"] = delays
     for column in ("overall_hours", "any_segment_hours") if delays else ():
@@ -267,6 +301,15 @@ def main() -> None:
         }
         report[column] = summary
         print(column, summary, flush=True)
+    if delays:
+        frame = pl.DataFrame(delays)
+        expected = {
+            "snr_median": float(frame["snr"].median()),  # type: ignore[arg-type]
+            "our_cusum_expected_hours_median": float(frame["delay_hours"].median()),  # type: ignore[arg-type]
+            "optimal_expected_hours_median": float(frame["optimal_delay_hours"].median()),  # type: ignore[arg-type]
+        }
+        report["expected_delay"] = expected
+        print("expected delay at the 10% shift (all traffic):", expected, flush=True)
 
     quiet_rows = []
     for seed in range(1, args.quiet_seeds + 1):

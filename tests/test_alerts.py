@@ -466,6 +466,23 @@ def test_threshold_gives_the_stated_run_length_on_gaussian_increments():
     assert 0.8 * arl0 < np.mean(lengths) < 1.25 * arl0
 
 
+def test_delay_matches_simulated_cusums_after_the_design_shift():
+    """Once the shift the detector is tuned to has begun, simulated CUSUMs alarm after about
+    the delay :func:`analysis.cusum_delay_hours` predicts (the same Siegmund approximation)."""
+    rng = np.random.default_rng(1)
+    for c, arl0 in ((0.5, 2160.0), (0.9, 720.0), (1.4, 720.0)):
+        h = analysis.cusum_threshold(c * c, arl0)
+        steps = c * rng.standard_normal((4000, 400)) + c * c / 2  # z ~ N(c, 1): shifted by D
+        walks = np.zeros(len(steps))
+        stopped = np.full(len(steps), len(steps[0]))
+        for i in range(steps.shape[1]):
+            walks = np.maximum(0.0, walks + steps[:, i])
+            stopped = np.where((walks >= h) & (stopped == len(steps[0])), i + 1, stopped)
+        assert (stopped < len(steps[0])).all()
+        predicted = analysis.cusum_delay_hours(c * c, h)
+        assert 0.85 * predicted < stopped.mean() < 1.15 * predicted, (c, predicted)
+
+
 alarm_rows = st.lists(
     st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 200)), min_size=1, max_size=30
 )
