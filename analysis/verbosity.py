@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from analysis.concurrent import absorb_and_fit, cell_keys
+from analysis.concurrent import absorb_and_fit, cell_keys, fixed_effects
 from analysis.results import Estimate, complete_rows, render_summary
 
 __all__ = ["VerbosityCheck", "check_verbosity"]
@@ -83,10 +83,10 @@ def check_verbosity(
     d = data[treated].cast(pl.Float64).to_numpy()
     m = data[mediator].cast(pl.Float64).to_numpy()
     users = cell_keys(data, [user])
-    cells = cell_keys(data, [period] if period else [], segments)
+    effects = fixed_effects(data, period, segments)
 
     def effect(term: str, target: np.ndarray, x: np.ndarray) -> Estimate:
-        beta, cov, n_users = absorb_and_fit(target, x, cells, users)
+        beta, cov, n_users = absorb_and_fit(target, x, effects, users)
         se = float(np.sqrt(cov[0, 0]))
         return Estimate.from_se(term, float(beta[0]), se, confidence=confidence, df=n_users - 1)
 

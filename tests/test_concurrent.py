@@ -7,8 +7,11 @@ import numpy as np
 import polars as pl
 import pytest
 import statsmodels.formula.api as smf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from analysis import compare_concurrent
+from analysis.concurrent import absorb
 
 
 def responses(
@@ -49,21 +52,51 @@ def responses(
     )
 
 
-def test_matches_a_dummy_variable_regression_exactly():
+@pytest.mark.parametrize("segments", [[], ["locale"], ["locale", "platform"]])
+def test_matches_a_dummy_variable_regression_exactly(segments):
+    """The absorbed fit equals OLS with a dummy per period and per segment value (additive, as
+    reghdfe absorbs them), with Stata's clustered errors."""
     rng = np.random.default_rng(1)
     frame = responses(rng, users=120, effect=0.05)
-    frame = frame.with_columns((pl.col("hour") % 7).alias("day"))  # few cells: dummies
+    frame = frame.with_columns(
+        (pl.col("hour") % 7).alias("day"),  # few cells: dummies
+        pl.col("user_id").cast(pl.Int64).mod(3).cast(pl.String).alias("platform"),
+    )
     ours = compare_concurrent(
         frame, outcome="thumbs_down", treated="treated", user="user_id", period="day",
-        segments=["locale"],
+        segments=segments,
     )  # fmt: skip
     pdf = frame.with_columns(pl.col("treated").cast(pl.Int8)).to_pandas()
-    pdf["cell"] = pdf["day"].astype(str) + "|" + pdf["locale"]
-    ref = smf.ols("thumbs_down ~ treated + C(cell)", data=pdf).fit(
+    formula = "thumbs_down ~ treated + C(day)" + "".join(f" + C({s})" for s in segments)
+    ref = smf.ols(formula, data=pdf).fit(
         cov_type="cluster", cov_kwds={"groups": pdf["user_id"].astype("category").cat.codes}
     )
-    assert ours.effect.value == pytest.approx(ref.params["treated"], rel=1e-10)
+    assert ours.effect.value == pytest.approx(ref.params["treated"], rel=1e-9)
     assert ours.effect.se == pytest.approx(ref.bse["treated"], rel=1e-8)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 12), min_size=1, max_size=3),
+    n=st.integers(20, 300),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_absorbing_leaves_no_group_mean(sizes, n, seed):
+    """After absorbing any number of fixed-effect sets, every group of every set has mean 0,
+    and values already free of them are left alone."""
+    rng = np.random.default_rng(seed)
+    effects = [rng.integers(0, k, n) for k in sizes]
+    values = rng.normal(size=(n, 2)) + sum(
+        rng.normal(size=k)[e][:, None] for k, e in zip(sizes, effects, strict=True)
+    )
+    out, k = absorb(values, effects)
+    for e in effects:
+        for j in range(2):
+            sums = np.bincount(e, weights=out[:, j])
+            assert np.abs(sums).max() < 1e-8 * max(1.0, np.abs(values).max()) * n
+    again, _ = absorb(out, effects)
+    np.testing.assert_allclose(again, out, atol=1e-8)
+    assert k <= sum(len(np.unique(e)) for e in effects)
 
 
 def test_planted_effect_coverage_and_cuped_gain():
