@@ -13,9 +13,12 @@ max_tokens, ``ignore_eos`` so every request decodes exactly max_tokens) at concu
 
 Each repeat runs both, in alternating order, so drift on a shared machine hits both alike. Rate =
 requests / wall time from making the client to the last answer (the runner's also includes its
-bookkeeping: reading and recording the run, checking the endpoint, the final write). Also the
-benchmark process's CPU time per request: the client shares the machine with the server, so
-client CPU is server time lost. Prints the medians and the ratio (target >= 0.95); asserts nothing.
+bookkeeping: reading and recording the run, checking the endpoint, the final write). The
+median of the paired ratios (runner / loop of the same repeat) is the steadier figure when
+other work on the machine comes and goes. Each measurement follows an unmeasured warm-up at
+its concurrency. Also the benchmark process's CPU time per request: the client shares the
+machine with the server, so client CPU is server time lost. Prints the medians and the ratio
+(target >= 0.95); asserts nothing.
 
     .venv/bin/python bench/shadow.py [--requests 1024] [--repeats 5] [--max-tokens 32]
 """
@@ -180,6 +183,10 @@ def main() -> None:
             for c in args.concurrency:
                 order = ("loop", "runner") if rep % 2 == 0 else ("runner", "loop")
                 for who in order:
+                    # Unmeasured, at the same concurrency: whichever client ran first after a
+                    # change of concurrency ran up to 2x slower (the server settling), which
+                    # alternation alone did not cancel.
+                    asyncio.run(_loop(server.base_url, server.model, bodies[: 2 * c], c))
                     started = time.process_time()
                     if who == "loop":
                         rate = asyncio.run(_loop(server.base_url, server.model, bodies, c))
@@ -205,8 +212,8 @@ def main() -> None:
     print()
     print(f"{args.requests} requests x {args.max_tokens} tokens, {args.repeats} repeats (medians)")
     print(
-        "| concurrency | minimal loop req/s | runner req/s | ratio | paired ratios (min-max) "
-        "| client CPU ms/request: loop | runner |"
+        "| concurrency | minimal loop req/s | runner req/s | ratio | paired ratios: median "
+        "(min-max) | client CPU ms/request: loop | runner |"
     )
     print("|---:|---:|---:|---:|---|---:|---:|")
     for c in args.concurrency:
@@ -215,7 +222,8 @@ def main() -> None:
         print(
             f"| {c} | {statistics.median(loop):.1f} | {statistics.median(run):.1f} | "
             f"{statistics.median(run) / statistics.median(loop):.3f} | "
-            f"{min(paired):.3f}-{max(paired):.3f} | {statistics.median(cpu[(c, 'loop')]):.2f} | "
+            f"{statistics.median(paired):.3f} ({min(paired):.3f}-{max(paired):.3f}) | "
+            f"{statistics.median(cpu[(c, 'loop')]):.2f} | "
             f"{statistics.median(cpu[(c, 'runner')]):.2f} |"
         )
 

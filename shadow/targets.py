@@ -1,10 +1,11 @@
 """Replay targets: where a replayed request goes, and what comes back.
 
 - :class:`HttpTarget`: an OpenAI-compatible chat completions endpoint (what ``vllm serve``
-  exposes), one pooled ``httpx.AsyncClient`` over one or more base URLs. Every request streams
-  (``stream_options.include_usage``), so one pass measures time to first token (TTFT), time per
-  output token after the first (TPOT, as vLLM's benchmarks define it: ``(last token - first
-  token) / (completion tokens - 1)``) and end-to-end latency, with token usage from the server.
+  exposes), over one or more base URLs, through small ``httpx.AsyncClient`` pools (one per 16
+  requests in flight). Every request streams (``stream_options.include_usage``), so one pass
+  measures time to first token (TTFT), time per output token after the first (TPOT, as vLLM's
+  benchmarks define it: ``(last token - first token) / (completion tokens - 1)``) and
+  end-to-end latency, with token usage from the server.
   429, 5xx, timeouts and dropped connections are retried with exponential backoff and full
   jitter (``Retry-After`` honoured); other 4xx are terminal.
 - :class:`LLMTarget`: ``vllm.LLM`` in-process (a GPU machine, or vLLM's CPU build), a batch at a
@@ -20,6 +21,7 @@ import asyncio
 import datetime as dt
 import email.utils
 import itertools
+import math
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -86,6 +88,9 @@ class _Chunk(msgspec.Struct):
 
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
 _encode = msgspec.json.Encoder().encode
+
+_POOL_SIZE = 16
+"""Connections per httpx pool; a target opens ``ceil(concurrency / 16)`` pools."""
 
 # Status codes after which the same request can succeed later.
 _RETRYABLE = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -162,16 +167,24 @@ class HttpTarget:
         base_headers = {"content-type": "application/json", "accept-encoding": "identity"}
         if api_key:
             base_headers["authorization"] = f"Bearer {api_key}"
-        self._client = httpx.AsyncClient(
-            headers=base_headers,
-            timeout=httpx.Timeout(
-                connect=connect_timeout_s, read=read_timeout_s, write=read_timeout_s, pool=None
-            ),
-            limits=httpx.Limits(
-                max_connections=concurrency + len(self.urls),
-                max_keepalive_connections=concurrency + len(self.urls),
-            ),
+        # Several small pools, not one: httpcore scans every connection of a pool each time a
+        # request starts or ends, so one pool of 128 connections spent a fifth of the client's
+        # CPU in that scan. A request takes the pool with the fewest in flight, so no pool
+        # holds more than its share while the runner keeps ``concurrency`` requests in flight.
+        shards = max(1, math.ceil(concurrency / _POOL_SIZE))
+        per_pool = math.ceil(concurrency / shards) + len(self.urls)
+        timeout = httpx.Timeout(
+            connect=connect_timeout_s, read=read_timeout_s, write=read_timeout_s, pool=None
         )
+        self._clients = [
+            httpx.AsyncClient(
+                headers=base_headers,
+                timeout=timeout,
+                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
+            )
+            for _ in range(shards)
+        ]
+        self._pool_in_flight = [0] * shards
 
     async def __aenter__(self) -> HttpTarget:
         return self
@@ -181,13 +194,14 @@ class HttpTarget:
 
     async def aclose(self) -> None:
         """Close the connection pool."""
-        await self._client.aclose()
+        for client in self._clients:
+            await client.aclose()
 
     async def check(self) -> None:
         """Ask every URL for its models; fail naming the URL and what to check."""
         for url in self.urls:
             try:
-                resp = await self._client.get(f"{url}/models", timeout=10.0)
+                resp = await self._clients[0].get(f"{url}/models", timeout=10.0)
             except httpx.TransportError as e:
                 raise TerminalShadowError(
                     f"cannot reach {url} ({type(e).__name__}: {e or 'no detail'}): is the server "
@@ -253,13 +267,18 @@ class HttpTarget:
         while True:
             attempt += 1
             i = self._pick()
+            pool = min(range(len(self._clients)), key=self._pool_in_flight.__getitem__)
             self._in_flight[i] += 1
+            self._pool_in_flight[pool] += 1
             try:
-                return await self._attempt(i, body, headers, attempt, started_at)
+                return await self._attempt(
+                    i, self._clients[pool], body, headers, attempt, started_at
+                )
             except _Failed as e:
                 failure = e
             finally:
                 self._in_flight[i] -= 1
+                self._pool_in_flight[pool] -= 1
             if failure.kind == "terminal" or attempt > self._max_retries:
                 return Completion(
                     status="timeout" if failure.kind == "timeout" else "error",
@@ -277,7 +296,13 @@ class HttpTarget:
             await asyncio.sleep(self._backoff(attempt, failure.retry_after))
 
     async def _attempt(
-        self, i: int, body: bytes, headers: dict[str, str], attempt: int, started_at: dt.datetime
+        self,
+        i: int,
+        client: httpx.AsyncClient,
+        body: bytes,
+        headers: dict[str, str],
+        attempt: int,
+        started_at: dt.datetime,
     ) -> Completion:
         clock = time.perf_counter
         t0 = clock()
@@ -286,7 +311,7 @@ class HttpTarget:
         finish = ""
         usage: _Usage | None = None
         try:
-            async with self._client.stream(
+            async with client.stream(
                 "POST", self._endpoints[i], content=body, headers=headers
             ) as resp:
                 if resp.status_code != 200:
