@@ -425,9 +425,9 @@ def attribute(
     """How much of a metric's change is the model, and how much is something else.
 
     [bold]concurrent[/]: candidate vs baseline served at once (a staged rollout or an A/B),
-    within hour x segment cells, standard errors clustered by user, a sample-ratio
-    check, per-segment effects with Benjamini-Hochberg / Holm adjustment. For session length
-    and turns, a verbosity check says how much of the effect is longer answers.
+    with fixed effects for the hour and each segment, standard errors clustered by user, a
+    sample-ratio check, per-segment effects with Benjamini-Hochberg / Holm adjustment. For
+    session length and turns, a verbosity check says how much of the effect is longer answers.
 
     [bold]switchover[/]: the waterfall of the change from the week before --at to the week
     after: seasonality + population shift + model + annotated changes (UI releases, holidays;
