@@ -738,7 +738,8 @@ def _run_cusum(
         d = design * seasonal
         c2 = d**2 / var
         bias_sd = float(np.sqrt(np.mean(group["bias_var"].to_numpy() / var)))
-        h = cusum_threshold(float(np.mean(c2)), policy.arl0_hours, bias_sd=bias_sd)
+        mean_c2 = float(np.mean(c2))
+        h = cusum_threshold(mean_c2, policy.arl0_hours, bias_sd=bias_sd)
         steps = d * (o - e) / var - c2 / 2
         # prefix[j] is the sum of the steps before hour j: a run-up j..i sums to
         # prefix[i + 1] - prefix[j]; the statistic is the largest run-up within the memory.
@@ -786,10 +787,10 @@ def _run_cusum(
                 "hours": len(o),
                 "phi": float(group["phi"][0]),
                 "day_kappa": float(group["kappa"][0]),
-                "snr": float(np.sqrt(np.mean(c2))),
+                "snr": math.sqrt(mean_c2),
                 "bias_sd": bias_sd,
                 "threshold": h,
-                "delay_hours": cusum_delay_hours(float(np.mean(c2)), h),
+                "delay_hours": cusum_delay_hours(mean_c2, h),
                 "basis": _basis(group["basis"]),
                 "alarms": sum(1 for a in alarms if tuple(a[k] for k in keys) == key),
             }

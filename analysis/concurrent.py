@@ -112,12 +112,11 @@ _ABSORB_TOL = 1e-12
 _ABSORB_MAX_SWEEPS = 10_000
 
 
-def _demean(values: np.ndarray, cells: np.ndarray, n_cells: int) -> np.ndarray:
-    """Subtract each cell's mean from each column of ``values`` (n x p)."""
-    counts = np.maximum(np.bincount(cells, minlength=n_cells), 1).astype(float)
+def _demean(values: np.ndarray, cells: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Subtract each cell's mean from each column of ``values`` (n x p); ``counts`` per cell."""
     out = np.empty_like(values)
     for j in range(values.shape[1]):
-        means = np.bincount(cells, weights=values[:, j], minlength=n_cells) / counts
+        means = np.bincount(cells, weights=values[:, j], minlength=len(counts)) / counts
         out[:, j] = values[:, j] - means[cells]
     return out
 
@@ -136,26 +135,27 @@ def absorb(values: np.ndarray, effects: Sequence[np.ndarray]) -> tuple[np.ndarra
     set, less one per extra set (exact when the sets are connected, as calendar hours and
     segments are in practice).
     """
-    coded = [np.unique(e, return_inverse=True) for e in effects]
-    sets = [(idx, len(levels)) for levels, idx in coded if len(levels) > 0]
+    sets = []
+    for e in effects:
+        _, idx = np.unique(e, return_inverse=True)
+        if len(idx):
+            sets.append((idx, np.bincount(idx).astype(float)))
     if not sets:
         return values.copy(), 0
-    k = sum(n for _, n in sets) - (len(sets) - 1)
+    k = sum(len(counts) for _, counts in sets) - (len(sets) - 1)
     out = _demean(values, *sets[0])
     if len(sets) == 1:
         return out, k
-    scale = max(float(np.abs(values).max()), 1.0)
+    tol = _ABSORB_TOL * max(float(np.abs(values).max()), 1.0)
     for _ in range(_ABSORB_MAX_SWEEPS):
-        for idx, n in sets[1:] + sets[:1]:
-            out = _demean(out, idx, n)
-        # After a sweep ending with the first set, converged means no set has a mean left.
-        left = max(
-            float(np.abs(np.bincount(idx, weights=out[:, j], minlength=n)).max())
-            / max(np.bincount(idx).min(), 1)
-            for idx, n in sets[1:]
+        for idx, counts in sets[1:] + sets[:1]:
+            out = _demean(out, idx, counts)
+        # After a sweep ending with the first set, converged means no other set has a mean left.
+        if all(
+            np.abs(np.bincount(idx, weights=out[:, j], minlength=len(counts)) / counts).max() <= tol
+            for idx, counts in sets[1:]
             for j in range(out.shape[1])
-        )
-        if left <= _ABSORB_TOL * scale:
+        ):
             return out, k
     raise AnalysisError(
         f"the fixed effects did not converge in {_ABSORB_MAX_SWEEPS} sweeps: drop a segment "
@@ -185,22 +185,17 @@ def absorb_and_fit(
     return beta, cov, n_users
 
 
-def cell_keys(data: pl.DataFrame, *groups: Sequence[str]) -> np.ndarray:
-    """One integer key per row for the fixed-effect cell (the combination of the given
-    columns). Integers, because sorting millions of string keys in numpy is the slowest step of
-    a fit."""
-    columns = [c for g in groups for c in g]
-    if not columns:
-        return np.zeros(data.height, dtype=np.int64)
-    key = pl.concat_str([pl.col(c).cast(pl.String) for c in columns], separator="|")
-    return data.select(key.rank("dense")).to_series().to_numpy()
+def cell_keys(data: pl.DataFrame, column: str) -> np.ndarray:
+    """One integer key per row for the value of ``column``. Integers, because sorting millions
+    of string keys in numpy is the slowest step of a fit."""
+    return data.select(pl.col(column).cast(pl.String).rank("dense")).to_series().to_numpy()
 
 
 def fixed_effects(
     data: pl.DataFrame, period: str | None, segments: Sequence[str]
 ) -> list[np.ndarray]:
     """The additive fixed effects of a comparison: the period, and each segment on its own."""
-    return [cell_keys(data, [c]) for c in ([period] if period else []) + list(segments)]
+    return [cell_keys(data, c) for c in ([period] if period else []) + list(segments)]
 
 
 def check_sample_ratio(
@@ -251,7 +246,7 @@ def compare_concurrent(
     )
     y = data[outcome].cast(pl.Float64).to_numpy()
     d = data[treated].cast(pl.Float64).to_numpy()
-    users = cell_keys(data, [user])
+    users = cell_keys(data, user)
     effects = fixed_effects(data, period, segments)
     z = float(stats.norm.ppf(0.5 + confidence / 2))
     warnings: list[str] = []

@@ -82,7 +82,7 @@ def check_verbosity(
     y = data[outcome].cast(pl.Float64).to_numpy()
     d = data[treated].cast(pl.Float64).to_numpy()
     m = data[mediator].cast(pl.Float64).to_numpy()
-    users = cell_keys(data, [user])
+    users = cell_keys(data, user)
     effects = fixed_effects(data, period, segments)
 
     def effect(term: str, target: np.ndarray, x: np.ndarray) -> Estimate:
