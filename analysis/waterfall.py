@@ -45,6 +45,9 @@ ANNOTATION_KINDS = ("model_rollout", "ui_release", "holiday", "incident", "other
 _SEASONAL_PERIODS = (24, 168)
 _HARMONICS = 3
 _MIN_DAYS = 7
+MIX_SHIFT_WARNING = 0.10
+"""A segment value whose share of the denominator moves by more than this between the windows
+gets a warning: segments see only part of who the users are."""
 
 
 @dataclass(frozen=True)
@@ -243,6 +246,15 @@ def decompose_change(
         confidence=confidence,
         df=df_model,
     )
+    moved = _largest_mix_shift(data, denominator, segments, before, after)
+    if moved is not None and abs(moved[2] - moved[1]) > MIX_SHIFT_WARNING:
+        warnings.append(
+            f"{moved[0]}'s share moved from {moved[1]:.0%} to {moved[2]:.0%} between the windows: "
+            "users differ beyond their segments, and those who arrive or stay (or leave) in a "
+            "shift that large can differ in ways no segment records. The model effect can carry "
+            "part of it (on the simulator, a 20% influx of new users who churn fast biased it by "
+            "15%); a concurrent holdout separates the two"
+        )
     share = (float(x_before[m]), float(x_after[m]))
     if abs(share[1] - share[0]) < 0.05:
         warnings.append(
@@ -276,6 +288,31 @@ def decompose_change(
         ),
         warnings=tuple(warnings),
     )
+
+
+def _largest_mix_shift(
+    data: pl.DataFrame,
+    denominator: str,
+    segments: Sequence[str],
+    before: tuple[dt.datetime, dt.datetime],
+    after: tuple[dt.datetime, dt.datetime],
+) -> tuple[str, float, float] | None:
+    """The segment value (``segment=value``) whose share of the denominator moved most between
+    the windows, with its share before and after; None without segments."""
+    largest: tuple[str, float, float] | None = None
+    windows = [(_naive_utc(lo), _naive_utc(hi)) for lo, hi in (before, after)]
+    for seg in segments:
+        shares = []
+        for lo, hi in windows:
+            inside = data.filter((pl.col("hour") >= lo) & (pl.col("hour") < hi))
+            total = inside[denominator].sum()
+            by = inside.group_by(seg).agg(pl.col(denominator).sum() / total)
+            shares.append(dict(by.iter_rows()))
+        for value in set(shares[0]) | set(shares[1]):
+            b, a = shares[0].get(value, 0.0), shares[1].get(value, 0.0)
+            if largest is None or abs(a - b) > abs(largest[2] - largest[1]):
+                largest = (f"{seg}={value}", b, a)
+    return largest
 
 
 class _ByDay:

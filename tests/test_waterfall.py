@@ -251,3 +251,17 @@ def test_sums_give_the_fit_on_the_cells_themselves():
         (shift[1] - shift[0])[mix] @ beta[mix], rel=1e-9
     )
     assert result.n_cells == frame.height and result.n_days == 8
+
+
+def test_a_large_mix_shift_is_flagged_and_a_stable_mix_is_not():
+    """Segments see only part of who the users are: when one segment's share swings, the result
+    says the model effect may carry what the segments miss."""
+    rng = np.random.default_rng(8)
+    shifted = run(cells(rng, model=0.0, ui=0.0, mix_at=SWITCH, new_share=(0.2, 0.6)))
+    flagged = [x for x in shifted.warnings if "share moved" in x]
+    assert len(flagged) == 1
+    # the cohort whose share moved most, with its shares of the rated responses in each window
+    assert flagged[0].startswith("cohort=")
+    assert "20% to 60%" in flagged[0] or "80% to 40%" in flagged[0]
+    stable = run(cells(rng, model=0.0, ui=0.0, mix_at=SWITCH, new_share=(0.2, 0.25)))
+    assert not any("share moved" in x for x in stable.warnings)
