@@ -17,8 +17,11 @@ bookkeeping: reading and recording the run, checking the endpoint, the final wri
 median of the paired ratios (runner / loop of the same repeat) is the steadier figure when
 other work on the machine comes and goes. Each measurement follows an unmeasured warm-up at
 its concurrency. Also the benchmark process's CPU time per request: the client shares the
-machine with the server, so client CPU is server time lost. Prints the medians and the ratio
-(target >= 0.95); asserts nothing.
+machine with the server, so client CPU is server time lost. Also each client's rate over its
+request phase alone (the first request sent to the last answer): it leaves out making the client
+and, for the runner, reading and recording the run and the last write, so it shows how much of
+a gap is per request and how much a fixed cost that longer runs amortise. Prints the medians
+and the ratio (target >= 0.95); asserts nothing.
 
     .venv/bin/python bench/shadow.py [--requests 1024] [--repeats 5] [--max-tokens 32]
 """
@@ -33,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -77,9 +81,46 @@ def _samples(n: int) -> list[shadow.Sample]:
     ]
 
 
-async def _loop(url: str, model: str, bodies: list[bytes], concurrency: int) -> float:
+class _Span:
+    """The first request's start and the last answer's end: the request phase of a run."""
+
+    def __init__(self) -> None:
+        self.first = float("inf")
+        self.last = float("-inf")
+
+    def start(self) -> None:
+        """Note a request starting."""
+        self.first = min(self.first, time.perf_counter())
+
+    def end(self) -> None:
+        """Note an answer complete."""
+        self.last = max(self.last, time.perf_counter())
+
+    def rate(self, n: int) -> float:
+        """Requests per second of the request phase."""
+        return n / (self.last - self.first)
+
+
+class _TimedTarget(shadow.HttpTarget):
+    """The runner's HTTP target, noting its request phase (two clock reads per request)."""
+
+    def __init__(self, *args: Any, span: _Span, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._span = span
+
+    async def complete(self, request: shadow.ChatRequest) -> shadow.Completion:
+        """As the runner's, timed."""
+        self._span.start()
+        completion = await super().complete(request)
+        self._span.end()
+        return completion
+
+
+async def _loop(url: str, model: str, bodies: list[bytes], concurrency: int) -> tuple[float, float]:
     """The client-side limit: requests/s of the cheapest streaming loop (a fixed pool of
-    ``concurrency`` workers, each stream drained as raw bytes)."""
+    ``concurrency`` workers, each stream drained as raw bytes), over the whole run and over
+    its request phase."""
+    span = _Span()
     t0 = time.perf_counter()  # like the runner's, the timing includes making the client
     # The client configured as the runner's (shadow.HttpTarget): only what is done differs.
     limits = httpx.Limits(
@@ -93,6 +134,7 @@ async def _loop(url: str, model: str, bodies: list[bytes], concurrency: int) -> 
         async def worker() -> None:
             for body in todo:
                 # A pooled connection the server closed as idle fails at once: send again.
+                span.start()
                 for attempt in range(3):
                     try:
                         async with client.stream(
@@ -109,9 +151,10 @@ async def _loop(url: str, model: str, bodies: list[bytes], concurrency: int) -> 
                             raise
                 if resp.status_code != 200:
                     raise RuntimeError(f"HTTP {resp.status_code}")
+                span.end()
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return len(bodies) / (time.perf_counter() - t0)
+    return len(bodies) / (time.perf_counter() - t0), span.rate(len(bodies))
 
 
 def _runner(
@@ -123,7 +166,7 @@ def _runner(
     max_tokens: int,
     run_id: str,
     progress: bool,
-) -> float:
+) -> tuple[float, float]:
     settings = shadow.ShadowSettings(
         candidate_urls=[url],
         candidate_model=model,
@@ -131,9 +174,11 @@ def _runner(
         max_output_tokens=max_tokens,
     )
 
+    span = _Span()
+
     async def go() -> shadow.RunSummary:
-        async with shadow.HttpTarget(
-            [url], model, concurrency=concurrency, extra_body=IGNORE_EOS
+        async with _TimedTarget(
+            [url], model, concurrency=concurrency, extra_body=IGNORE_EOS, span=span
         ) as target:
             runner = shadow.ShadowRunner(
                 wh, settings, targets={"candidate": target}, progress=progress
@@ -145,7 +190,7 @@ def _runner(
     elapsed = time.perf_counter() - t0
     if summary.ok != len(samples):
         raise RuntimeError(f"runner: {summary.summary()}")
-    return len(samples) / elapsed
+    return len(samples) / elapsed, span.rate(len(samples))
 
 
 def main() -> None:
@@ -178,6 +223,7 @@ def main() -> None:
         # Warm-up: compile paths and fill the prefix cache for both clients alike.
         asyncio.run(_loop(server.base_url, server.model, bodies, max(args.concurrency)))
         rates: dict[tuple[int, str], list[float]] = {}
+        phase: dict[tuple[int, str], list[float]] = {}
         cpu: dict[tuple[int, str], list[float]] = {}
         for rep in range(args.repeats):
             for c in args.concurrency:
@@ -189,9 +235,11 @@ def main() -> None:
                     asyncio.run(_loop(server.base_url, server.model, bodies[: 2 * c], c))
                     started = time.process_time()
                     if who == "loop":
-                        rate = asyncio.run(_loop(server.base_url, server.model, bodies, c))
+                        rate, in_phase = asyncio.run(
+                            _loop(server.base_url, server.model, bodies, c)
+                        )
                     else:
-                        rate = _runner(
+                        rate, in_phase = _runner(
                             wh,
                             server.base_url,
                             server.model,
@@ -203,26 +251,31 @@ def main() -> None:
                         )
                     ms = (time.process_time() - started) / len(samples) * 1e3
                     rates.setdefault((c, who), []).append(rate)
+                    phase.setdefault((c, who), []).append(in_phase)
                     cpu.setdefault((c, who), []).append(ms)
                     print(
                         f"repeat {rep + 1} concurrency {c:>3} {who:<6} {rate:7.1f} req/s"
-                        f" {ms:5.2f} client CPU ms/request",
+                        f" ({in_phase:7.1f} in the request phase) {ms:5.2f} client CPU"
+                        " ms/request",
                         flush=True,
                     )
     print()
     print(f"{args.requests} requests x {args.max_tokens} tokens, {args.repeats} repeats (medians)")
     print(
         "| concurrency | minimal loop req/s | runner req/s | ratio | paired ratios: median "
-        "(min-max) | client CPU ms/request: loop | runner |"
+        "(min-max) | request phase only: paired ratios, median (min-max) | client CPU "
+        "ms/request: loop | runner |"
     )
-    print("|---:|---:|---:|---:|---|---:|---:|")
+    print("|---:|---:|---:|---:|---|---|---:|---:|")
     for c in args.concurrency:
         loop, run = rates[(c, "loop")], rates[(c, "runner")]
         paired = [r / b for r, b in zip(run, loop, strict=True)]
+        in_phase = [r / b for r, b in zip(phase[(c, "runner")], phase[(c, "loop")], strict=True)]
         print(
             f"| {c} | {statistics.median(loop):.1f} | {statistics.median(run):.1f} | "
             f"{statistics.median(run) / statistics.median(loop):.3f} | "
             f"{statistics.median(paired):.3f} ({min(paired):.3f}-{max(paired):.3f}) | "
+            f"{statistics.median(in_phase):.3f} ({min(in_phase):.3f}-{max(in_phase):.3f}) | "
             f"{statistics.median(cpu[(c, 'loop')]):.2f} | "
             f"{statistics.median(cpu[(c, 'runner')]):.2f} |"
         )
