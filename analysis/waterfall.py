@@ -246,7 +246,7 @@ def decompose_change(
         confidence=confidence,
         df=df_model,
     )
-    moved = _largest_mix_shift(data, denominator, segments, before, after)
+    moved = _largest_mix_shift(fit, x_before, x_after)
     if moved is not None and abs(moved[2] - moved[1]) > MIX_SHIFT_WARNING:
         warnings.append(
             f"{moved[0]}'s share moved from {moved[1]:.0%} to {moved[2]:.0%} between the windows: "
@@ -291,27 +291,19 @@ def decompose_change(
 
 
 def _largest_mix_shift(
-    data: pl.DataFrame,
-    denominator: str,
-    segments: Sequence[str],
-    before: tuple[dt.datetime, dt.datetime],
-    after: tuple[dt.datetime, dt.datetime],
+    fit: _Sums, x_before: np.ndarray, x_after: np.ndarray
 ) -> tuple[str, float, float] | None:
     """The segment value (``segment=value``) whose share of the denominator moved most between
-    the windows, with its share before and after; None without segments."""
+    the windows, with its share before and after; None without segments. A window's mean of a
+    segment column is its level's share; the reference level has the rest."""
     largest: tuple[str, float, float] | None = None
-    windows = [(_naive_utc(lo), _naive_utc(hi)) for lo, hi in (before, after)]
-    for seg in segments:
-        shares = []
-        for lo, hi in windows:
-            inside = data.filter((pl.col("hour") >= lo) & (pl.col("hour") < hi))
-            total = inside[denominator].sum()
-            by = inside.group_by(seg).agg(pl.col(denominator).sum() / total)
-            shares.append(dict(by.iter_rows()))
-        for value in set(shares[0]) | set(shares[1]):
-            b, a = shares[0].get(value, 0.0), shares[1].get(value, 0.0)
+    for seg, (levels, first) in fit.levels.items():
+        cols = slice(first, first + len(levels) - 1)
+        before = [1 - x_before[cols].sum(), *x_before[cols]]
+        after = [1 - x_after[cols].sum(), *x_after[cols]]
+        for value, b, a in zip(levels, before, after, strict=True):
             if largest is None or abs(a - b) > abs(largest[2] - largest[1]):
-                largest = (f"{seg}={value}", b, a)
+                largest = (f"{seg}={value}", float(b), float(a))
     return largest
 
 
@@ -415,6 +407,9 @@ class _Sums:
     xwy: np.ndarray
     """Per day: ``X'Wy`` (days x columns)."""
     spans: dict[str, slice]
+    levels: dict[str, tuple[list[str], int]]
+    """Per segment: its levels (the first is the reference, with no column) and the column of
+    the second."""
 
     @property
     def k(self) -> int:
@@ -519,7 +514,16 @@ class _Sums:
             cb = slice(offsets[b], offsets[b] + nb - 1)
             grams[:, ca, cb] = both
             grams[:, cb, ca] = both.transpose(0, 2, 1)
-        return cls(hours, by_hour(w), by_hour(wy), xw, grams, xwy, spans)
+        return cls(
+            hours,
+            by_hour(w),
+            by_hour(wy),
+            xw,
+            grams,
+            xwy,
+            spans,
+            {seg: (levels[seg], offsets[seg]) for seg in segments},
+        )
 
 
 def _codes(values: pl.Series, levels: list[str]) -> np.ndarray:
