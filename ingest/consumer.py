@@ -50,6 +50,8 @@ __all__ = ["IngestSettings", "KafkaIngest"]
 
 log = logging.getLogger("telltale.ingest")
 
+_REJOIN_MAX_SECONDS = 600.0
+
 
 class IngestSettings(BaseSettings):
     """Kafka ingest configuration (environment: ``TELLTALE_INGEST_*``)."""
@@ -97,6 +99,13 @@ class IngestSettings(BaseSettings):
         gt=0,
         description="Cap of the flush retry backoff. TELLTALE_INGEST_BACKOFF_MAX_SECONDS.",
     )
+    rejoin_empty_after_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A member assigned no partition for this long rejoins the group (then after "
+        "twice as long, up to 10 minutes): a rebalance that ran without the topics' metadata "
+        "leaves it idle otherwise. TELLTALE_INGEST_REJOIN_EMPTY_AFTER_SECONDS.",
+    )
     metrics_port: int | None = Field(
         None,
         description="Serve Prometheus metrics on 127.0.0.1:PORT. TELLTALE_INGEST_METRICS_PORT.",
@@ -137,9 +146,8 @@ class IngestSettings(BaseSettings):
             "max_poll_records": self.max_poll_records,
             "max_partition_fetch_bytes": self.max_partition_fetch_bytes,
             "fetch_max_bytes": max(52_428_800, self.max_partition_fetch_bytes),
-            # A rebalance that finds no metadata for the topics assigns this member nothing;
-            # it rejoins when a metadata refresh shows the partitions, by default only after
-            # 5 minutes of consuming nothing (seen once after three SIGKILLed members).
+            # Fresher metadata for the next rebalance (the default refresh is 5 minutes); an
+            # empty assignment is mended by the member rejoining (see rejoin_empty_after_seconds).
             "metadata_max_age_ms": 30_000,
         }
 
@@ -216,6 +224,9 @@ class KafkaIngest:
         self._decoding = DecodeProcess(sink.decoder) if self.settings.decode_process else None
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
+        self._idle_since = time.monotonic()  # assigned nothing since (reset while assigned)
+        self._rejoin_after = self.settings.rejoin_empty_after_seconds
+        self.rejoins = 0  # times this member rejoined the group after an empty assignment
 
     @property
     def assignment(self) -> set[TopicPartition]:
@@ -248,6 +259,7 @@ class KafkaIngest:
                 self._producer = KafkaProducer(**s.client_config(), acks="all", linger_ms=5)
         except KafkaError as e:
             raise TransientIngestError(f"cannot reach Kafka at {s.bootstrap_servers}: {e}") from e
+        self._warm_metadata()
         self._consumer.subscribe(s.topics, listener=_Listener(self))
         if self._decoding is not None:
             self._decoding.start()  # while the group forms
@@ -282,7 +294,47 @@ class KafkaIngest:
                 self._rotate()
             if self.metrics.log_due():
                 self.metrics.log_status(lag=self._lag())
+            self._rejoin_if_idle()
         self._rotate(wait=True)
+
+    def _warm_metadata(self) -> None:
+        """Fetch the topics' partitions before joining the group, so the first assignment does
+        not run without them (kafka-python then assigns nothing: "No partition metadata")."""
+        assert self._consumer is not None
+        for topic in self.settings.topics:
+            if not self._consumer.partitions_for_topic(topic):
+                log.warning("topic %s has no partitions on the broker yet; waiting for it", topic)
+
+    def _rejoin_if_idle(self) -> None:
+        """Rejoin the group after ``rejoin_empty_after_seconds`` assigned nothing, then after
+        twice as long each time (up to 10 minutes).
+
+        kafka-python's leader assigns nothing for topics it has no metadata for, and seen here
+        (after SIGKILLed members, and once on a first join) the metadata refreshes that followed
+        did not trigger the rebalance that should mend it: the member stayed idle with the
+        partitions unowned. Rejoining costs one rebalance. A member of a group with more members
+        than partitions is idle by design; the doubling bounds what it costs them.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        now = time.monotonic()
+        if consumer.assignment():
+            self._idle_since = now
+            self._rejoin_after = self.settings.rejoin_empty_after_seconds
+            return
+        if now - self._idle_since < self._rejoin_after:
+            return
+        partitions = sum(len(consumer.partitions_for_topic(t)) for t in self.settings.topics)
+        log.info(
+            "assigned nothing for %.0f s while the topics have %d partitions: rejoining the group",
+            now - self._idle_since,
+            partitions,
+        )
+        consumer.unsubscribe()
+        consumer.subscribe(self.settings.topics, listener=_Listener(self))
+        self.rejoins += 1
+        self._idle_since = now
+        self._rejoin_after = min(2 * self._rejoin_after, _REJOIN_MAX_SECONDS)
 
     def _add(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         """Decode records into the batch, after recovering an unfinished flight if there is one."""

@@ -265,6 +265,30 @@ def test_two_consumers_and_a_rebalance(kafka_broker, kafka_topics, wh):
     assert_exact_open(wh, stream)
 
 
+def test_an_idle_member_rejoins_and_nothing_is_lost(kafka_broker, kafka_topics, wh):
+    """Three members for two partitions a topic: one is assigned nothing and rejoins the group
+    (the mend for a rebalance that ran without metadata); each rejoin is a rebalance for all,
+    mid-stream, and every event still lands once."""
+    stream = make_stream(40_000, seed=4)
+    half = len(stream.messages) // 2
+    produce(kafka_broker.bootstrap, kafka_topics, stream.messages[:half])
+    settings = settings_for(kafka_broker, kafka_topics, "idle").model_copy(
+        update={"rejoin_empty_after_seconds": 2.0}
+    )
+    errors: list[BaseException] = []
+    members = [KafkaIngest(EventSink(wh), settings) for _ in range(3)]
+    threads = [_run_member(m, errors) for m in members]
+    wait_for(lambda: sum(m.rejoins for m in members) >= 1, 120, "an idle member rejoining")
+    produce(kafka_broker.bootstrap, kafka_topics, stream.messages[half:])
+    wait_for(lambda: lag(kafka_broker.bootstrap, "idle", settings.topics) == 0, 180, "lag 0")
+    for m in members:
+        m.stop()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    assert_exact_open(wh, stream)
+
+
 def assert_exact_open(wh, stream: Stream) -> None:
     counts = dict(warehouse.event_counts(wh).iter_rows())
     assert counts == stream.distinct
