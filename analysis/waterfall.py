@@ -296,15 +296,14 @@ def _largest_mix_shift(
     """The segment value (``segment=value``) whose share of the denominator moved most between
     the windows, with its share before and after; None without segments. A window's mean of a
     segment column is its level's share; the reference level has the rest."""
-    largest: tuple[str, float, float] | None = None
+    shares = []
     for seg, (levels, first) in fit.levels.items():
         cols = slice(first, first + len(levels) - 1)
         before = [1 - x_before[cols].sum(), *x_before[cols]]
         after = [1 - x_after[cols].sum(), *x_after[cols]]
-        for value, b, a in zip(levels, before, after, strict=True):
-            if largest is None or abs(a - b) > abs(largest[2] - largest[1]):
-                largest = (f"{seg}={value}", float(b), float(a))
-    return largest
+        pairs = zip(levels, before, after, strict=True)
+        shares += [(f"{seg}={v}", float(b), float(a)) for v, b, a in pairs]
+    return max(shares, key=lambda s: abs(s[2] - s[1]), default=None)
 
 
 class _ByDay:

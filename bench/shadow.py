@@ -193,6 +193,12 @@ def _runner(
     return len(samples) / elapsed, span.rate(len(samples))
 
 
+def _paired(runner: list[float], loop: list[float]) -> str:
+    """The runner / loop ratios of the same repeats: median (min-max)."""
+    ratios = [r / b for r, b in zip(runner, loop, strict=True)]
+    return f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+
+
 def main() -> None:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -269,13 +275,10 @@ def main() -> None:
     print("|---:|---:|---:|---:|---|---|---:|---:|")
     for c in args.concurrency:
         loop, run = rates[(c, "loop")], rates[(c, "runner")]
-        paired = [r / b for r, b in zip(run, loop, strict=True)]
-        in_phase = [r / b for r, b in zip(phase[(c, "runner")], phase[(c, "loop")], strict=True)]
         print(
             f"| {c} | {statistics.median(loop):.1f} | {statistics.median(run):.1f} | "
             f"{statistics.median(run) / statistics.median(loop):.3f} | "
-            f"{statistics.median(paired):.3f} ({min(paired):.3f}-{max(paired):.3f}) | "
-            f"{statistics.median(in_phase):.3f} ({min(in_phase):.3f}-{max(in_phase):.3f}) | "
+            f"{_paired(run, loop)} | {_paired(phase[(c, 'runner')], phase[(c, 'loop')])} | "
             f"{statistics.median(cpu[(c, 'loop')]):.2f} | "
             f"{statistics.median(cpu[(c, 'runner')]):.2f} |"
         )

@@ -259,7 +259,7 @@ class KafkaIngest:
                 self._producer = KafkaProducer(**s.client_config(), acks="all", linger_ms=5)
         except KafkaError as e:
             raise TransientIngestError(f"cannot reach Kafka at {s.bootstrap_servers}: {e}") from e
-        self._consumer.subscribe(s.topics, listener=_Listener(self))
+        self._subscribe()
         if self._decoding is not None:
             self._decoding.start()  # while the group forms
         if s.metrics_port:
@@ -296,6 +296,11 @@ class KafkaIngest:
             self._rejoin_if_idle()
         self._rotate(wait=True)
 
+    def _subscribe(self) -> None:
+        """Join the group for the configured topics, flushing before partitions are revoked."""
+        assert self._consumer is not None
+        self._consumer.subscribe(self.settings.topics, listener=_Listener(self))
+
     def _rejoin_if_idle(self) -> None:
         """Rejoin the group after ``rejoin_empty_after_seconds`` assigned nothing, then after
         twice as long each time (up to 10 minutes).
@@ -321,7 +326,7 @@ class KafkaIngest:
         # restart in the tests.
         log.info("assigned nothing for %.0f s: rejoining the group", now - self._idle_since)
         consumer.unsubscribe()
-        consumer.subscribe(self.settings.topics, listener=_Listener(self))
+        self._subscribe()
         self.rejoins += 1
         self._idle_since = now
         self._rejoin_after = min(2 * self._rejoin_after, _REJOIN_MAX_SECONDS)
