@@ -479,9 +479,11 @@ class _Run:
                 await self.flush()
 
     async def _show_progress(self) -> None:
-        # Not once per request: rich's refresh thread holds the bar's lock while it renders, and
-        # an update per request made the event loop wait on every render while finished streams
-        # went unread (at concurrency 128 the server then ran 0-74 of the 128 requests in flight).
+        # Not once per request: an update per request made the event loop wait on every render
+        # while finished streams went unread (at concurrency 128 the server then ran 0-74 of
+        # the 128 requests in flight). Rendered here, on the loop, rather than by rich's refresh
+        # thread: a second Python thread has to take the GIL from the loop, and on a machine
+        # short of CPU the loop then waits for that thread to be scheduled again.
         while True:
             self._tick()
             await asyncio.sleep(0.5)
@@ -493,6 +495,9 @@ class _Run:
                 completed=sum(self.counts.values()),
                 errors=self.counts["error"] + self.counts["timeout"],
             )
+            # Not a terminal (a log file, CI): the bar is printed once, when it stops.
+            if self.progress.console.is_terminal:
+                self.progress.refresh()
 
     async def _wait_workers(self, writer: asyncio.Task[None]) -> None:
         pending = set(self.tasks)
@@ -523,7 +528,7 @@ class _Run:
             TextColumn("{task.fields[errors]} errors"),
             TimeRemainingColumn(),
             console=console,
-            refresh_per_second=2,  # rendering costs CPU the replay needs
+            auto_refresh=False,  # rendered by the ticker (_show_progress)
         ) as bar:
             self.progress = bar
             self.task_id = bar.add_task(self.run_id, total=len(self.work), errors=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from pathlib import Path
 import httpx
 import polars as pl
 import pytest
+from rich.console import Console
 
 import shadow
 import warehouse
@@ -359,6 +361,25 @@ def test_terminal_errors_are_not_retried_and_timeouts_are_recorded(vllm_server, 
     # Tokens kept coming, each within the read timeout, but the whole answer took too long.
     assert rows[slow]["status"] == "timeout" and "no complete answer" in rows[slow]["error"]
     assert Counter(s.sample_id for s in _chat(proxy))[bad] == 1
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "log"])
+def test_progress_bar_counts_answers_and_errors(vllm_server, filled, terminal):
+    samples = shadow.sample_traffic(filled, **WINDOW, per_stratum=1, seed=4).samples[:6]
+    faults = {samples[0].sample_id: "400"}
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=terminal, width=120)
+    with FaultProxy(vllm_server.base_url, lambda sid, attempt: faults.get(sid)) as proxy:
+        runner = shadow.ShadowRunner(
+            filled, _settings(proxy.base_url, vllm_server.model), console=console
+        )
+        summary = asyncio.run(runner.run(samples, run_id="bar"))
+    assert (summary.ok, summary.errors) == (5, 1)
+    text = out.getvalue()
+    assert "6/6" in text and "1 errors" in text
+    if not terminal:
+        # A log gets the finished bar once, not a line per refresh.
+        assert text.count("shadow bar") == 1 and "\x1b" not in text
 
 
 def test_tools_can_never_be_sent():
