@@ -196,8 +196,9 @@ def _settings(url: str, model: str, **over) -> shadow.ShadowSettings:
     return shadow.ShadowSettings(**{**base, **over})
 
 
-def _run(wh, settings, samples, run_id="run", **kw) -> shadow.RunSummary:
-    runner = shadow.ShadowRunner(wh, settings, progress=False)
+def _run(wh, settings, samples, run_id="run", *, console=None, **kw) -> shadow.RunSummary:
+    """One run; with a ``console``, its progress bar is drawn there."""
+    runner = shadow.ShadowRunner(wh, settings, progress=console is not None, console=console)
     return asyncio.run(runner.run(samples, run_id=run_id, **kw))
 
 
@@ -375,10 +376,9 @@ def test_progress_bar_counts_answers_and_errors(vllm_server, filled, terminal):
     out = io.StringIO()
     console = Console(file=out, force_terminal=terminal, width=120)
     with FaultProxy(vllm_server.base_url, lambda sid, attempt: faults.get(sid)) as proxy:
-        runner = shadow.ShadowRunner(
-            filled, _settings(proxy.base_url, vllm_server.model), console=console
+        summary = _run(
+            filled, _settings(proxy.base_url, vllm_server.model), samples, "bar", console=console
         )
-        summary = asyncio.run(runner.run(samples, run_id="bar"))
     assert (summary.ok, summary.errors) == (5, 1)
     text = out.getvalue()
     assert "6/6" in text and "1 errors" in text
