@@ -23,7 +23,14 @@ and, for the runner, reading and recording the run and the last write, so it sho
 a gap is per request and how much a fixed cost that longer runs amortise. Prints the medians
 and the ratio (target >= 0.95); asserts nothing.
 
-    .venv/bin/python bench/shadow.py [--requests 1024] [--repeats 5] [--max-tokens 32]
+``--contend N`` measures the client short of CPU, reproducibly: after the server has started
+(it keeps every core), the benchmark process is pinned to one core and N busy loops are started
+on that core, so the client gets about 1/(N+1) of it, as on a machine whose cores other work has
+taken. The rates then follow each client's CPU per request, and the ratio shows what the
+runner's own work (parsing every event, the writes, the bar) costs where CPU is short. Without
+it, other tenants of a shared machine decide how short the client is, and they come and go.
+
+    .venv/bin/python bench/shadow.py [--requests 1024] [--repeats 5] [--max-tokens 32] [--contend 3]
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -193,6 +202,25 @@ def _runner(
     return len(samples) / elapsed, span.rate(len(samples))
 
 
+@contextlib.contextmanager
+def _short_of_cpu(loops: int) -> Any:
+    """Pin this process (every thread it has and will have) to its last allowed core, with
+    ``loops`` busy loops on that core; yields the core. Processes started before (the server)
+    keep every core."""
+    core = max(os.sched_getaffinity(0))
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(tid), {core})
+    # Started after the pinning, the loops inherit the core.
+    busy = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(loops)]
+    try:
+        yield core
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+
+
 def _paired(runner: list[float], loop: list[float]) -> str:
     """The runner / loop ratios of the same repeats: median (min-max)."""
     ratios = [r / b for r, b in zip(runner, loop, strict=True)]
@@ -209,6 +237,14 @@ def main() -> None:
     parser.add_argument(
         "--no-progress", action="store_true", help="The runner without its progress bar."
     )
+    parser.add_argument(
+        "--contend",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Pin the benchmark's clients to one core with N busy loops on it (the server keeps "
+        "every core): the clients short of CPU, reproducibly. 0 (default): no pinning.",
+    )
     args = parser.parse_args()
 
     samples = _samples(args.requests)
@@ -216,10 +252,13 @@ def main() -> None:
     server.start()
     with (
         contextlib.closing(server),
+        _short_of_cpu(args.contend) if args.contend else contextlib.nullcontext() as core,
         tempfile.TemporaryDirectory(prefix="shadow-bench-") as tmp,
         warehouse.connect(f"chdb://{tmp}/warehouse") as wh,
     ):
         print(f"vLLM {server.base_url} ready in {server.last_start_seconds:.0f} s", flush=True)
+        if core is not None:
+            print(f"clients pinned to core {core} beside {args.contend} busy loops", flush=True)
         warehouse.migrate(wh)
         probe = shadow.HttpTarget([server.base_url], server.model, extra_body=IGNORE_EOS)
         bodies = [
@@ -266,7 +305,11 @@ def main() -> None:
                         flush=True,
                     )
     print()
-    print(f"{args.requests} requests x {args.max_tokens} tokens, {args.repeats} repeats (medians)")
+    contended = f", clients on one core with {args.contend} busy loops" if args.contend else ""
+    print(
+        f"{args.requests} requests x {args.max_tokens} tokens, {args.repeats} repeats"
+        f"{contended} (medians)"
+    )
     print(
         "| concurrency | minimal loop req/s | runner req/s | ratio | paired ratios: median "
         "(min-max) | request phase only: paired ratios, median (min-max) | client CPU "
