@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +204,7 @@ def _runner(
 
 
 @contextlib.contextmanager
-def _short_of_cpu(loops: int) -> Any:
+def _short_of_cpu(loops: int) -> Iterator[int]:
     """Pin this process (every thread it has and will have) to its last allowed core, with
     ``loops`` busy loops on that core; yields the core. Processes started before (the server)
     keep every core."""
