@@ -25,6 +25,7 @@ from analysis.errors import AnalysisError, InsufficientDataError
 from analysis.results import Estimate, complete_rows, render_summary
 
 __all__ = [
+    "ClusteredFit",
     "ConcurrentComparison",
     "SampleRatioCheck",
     "absorb",
@@ -66,6 +67,8 @@ class ConcurrentComparison:
     relative_effect: Estimate
     n_obs: int
     n_users: int
+    # degrees of freedom of the effect's t (Satterthwaite's: see absorb_and_fit)
+    df: float
     srm: SampleRatioCheck
     variance_reduction: float
     by_segment: pl.DataFrame
@@ -83,6 +86,7 @@ class ConcurrentComparison:
             "control_mean": self.control_mean,
             "n_obs": self.n_obs,
             "n_users": self.n_users,
+            "df": self.df,
             "sample_ratio": {**self.srm.__dict__, "mismatch": self.srm.mismatch},
             "cuped_variance_reduction": self.variance_reduction,
             "by_segment": self.by_segment.to_dicts(),
@@ -101,7 +105,7 @@ class ConcurrentComparison:
             f"{self.metric}: treatment vs control, {self.n_obs} observations of "
             f"{self.n_users} users; control mean {self.control_mean:.4g}; "
             f"sample ratio p={self.srm.p_value:.3g}; CUPED variance reduction "
-            f"{self.variance_reduction:.0%}; {self.confidence:.0%} intervals"
+            f"{self.variance_reduction:.0%}; {self.confidence:.0%} intervals, t({self.df:.0f})"
         )
         return render_summary(
             header, (self.effect, self.relative_effect), self.assumptions, self.warnings, fmt
@@ -163,10 +167,35 @@ def absorb(values: np.ndarray, effects: Sequence[np.ndarray]) -> tuple[np.ndarra
     )
 
 
+@dataclass(frozen=True)
+class ClusteredFit:
+    """A least-squares fit with the fixed effects absorbed and errors clustered by user."""
+
+    beta: np.ndarray
+    cov: np.ndarray
+    n_users: int
+    # Satterthwaite degrees of freedom of the first coefficient (the arm): see absorb_and_fit
+    df: float
+
+
 def absorb_and_fit(
     y: np.ndarray, x: np.ndarray, effects: Sequence[np.ndarray], users: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Coefficients and clustered covariance of y on x with the fixed effects absorbed."""
+) -> ClusteredFit:
+    """Coefficients and clustered covariance of y on x with the fixed effects absorbed, and the
+    degrees of freedom for inference on the first coefficient.
+
+    Those are not G - 1. A clustered variance is a sum over users, and when a few heavy users
+    carry much of the arm's information it is as noisy as a sum over far fewer: with 150
+    users of Pareto-distributed activity, t on G - 1 found an effect where there was none in
+    15% of runs at 5% (6.5% on these degrees of freedom, a median of 6). The degrees of
+    freedom are Satterthwaite's (Bell and McCaffrey 2002; Imbens and Kolesar 2016) for the
+    working model Imbens and Kolesar use for clusters: errors of one user correlated by a
+    common rho (estimated from the residuals by moments), independent across users. Each user
+    is taken to be a small part of the fit (the leverage of the absorbed cells and of the arm
+    is left out, which errs low, i.e. conservative), so the variance is a sum of independent
+    per-user terms ``w_g`` and the degrees of freedom are ``(sum w_g)^2 / sum w_g^2``, capped
+    at G - 1.
+    """
     user_ids, user_idx = np.unique(users, return_inverse=True)
     n_users, n = len(user_ids), len(y)
     both, k_fe = absorb(np.column_stack([y, x]), effects)
@@ -182,7 +211,26 @@ def absorb_and_fit(
     k = x.shape[1] + k_fe  # the absorbed means are parameters too
     correction = n_users / (n_users - 1) * (n - 1) / (n - k)
     cov = correction * bread @ (scores.T @ scores) @ bread
-    return beta, cov, n_users
+    return ClusteredFit(beta, cov, n_users, _satterthwaite_df(xd @ bread[:, 0], resid, user_idx))
+
+
+def _satterthwaite_df(a: np.ndarray, resid: np.ndarray, user_idx: np.ndarray) -> float:
+    """Degrees of freedom of the clustered variance of ``sum(a * y)`` (see absorb_and_fit)."""
+    n_users = int(user_idx.max()) + 1
+    sizes = np.bincount(user_idx, minlength=n_users).astype(float)
+    pairs = float((sizes * (sizes - 1)).sum())
+    sigma2 = float(resid @ resid) / len(resid)
+    rho = 0.0
+    if pairs > 0 and sigma2 > 0:
+        sum_r = np.bincount(user_idx, weights=resid, minlength=n_users)
+        within = float((sum_r**2).sum()) - float(resid @ resid)
+        rho = float(np.clip(within / pairs / sigma2, 0.0, 1.0))
+    sum_a = np.bincount(user_idx, weights=a, minlength=n_users)
+    w = (1 - rho) * np.bincount(user_idx, weights=a * a, minlength=n_users) + rho * sum_a**2
+    total = float(w.sum())
+    if total <= 0:
+        return float(n_users - 1)
+    return min(total * total / float((w * w).sum()), float(n_users - 1))
 
 
 def cell_keys(data: pl.DataFrame, column: str) -> np.ndarray:
@@ -252,15 +300,16 @@ def compare_concurrent(
     warnings: list[str] = []
 
     x = np.column_stack([d, *(data[c].cast(pl.Float64).to_numpy() for c in cuped)])
-    beta, cov, n_users = absorb_and_fit(y, x, effects, users)
-    se = float(np.sqrt(cov[0, 0]))
+    fit = absorb_and_fit(y, x, effects, users)
+    n_users = fit.n_users
+    se = float(np.sqrt(fit.cov[0, 0]))
     effect = Estimate.from_se(
-        "effect (treatment - control)", float(beta[0]), se, confidence=confidence, df=n_users - 1
+        "effect (treatment - control)", float(fit.beta[0]), se, confidence=confidence, df=fit.df
     )
     variance_reduction = 0.0
     if cuped:
-        _, plain_cov, _ = absorb_and_fit(y, d[:, None], effects, users)
-        variance_reduction = float(1 - cov[0, 0] / plain_cov[0, 0])
+        plain = absorb_and_fit(y, d[:, None], effects, users)
+        variance_reduction = float(1 - fit.cov[0, 0] / plain.cov[0, 0])
 
     control_mean = float(y[d == 0].mean())
     # Delta method for effect / control mean, with the control mean's own clustered variance.
@@ -292,12 +341,13 @@ def compare_concurrent(
             mask = (data[seg] == value).to_numpy()
             if len(np.unique(d[mask])) < 2 or len(np.unique(users[mask])) < 10:
                 continue
-            b, c, g = absorb_and_fit(y[mask], x[mask], [e[mask] for e in effects], users[mask])
-            s = float(np.sqrt(c[0, 0]))
-            rows.append(
-                (seg, str(value), float(b[0]), s, float(2 * stats.t.sf(abs(b[0] / s), g - 1)))
-            )
-    by_segment = pl.DataFrame(rows, schema=["segment", "value", "effect", "se", "p"], orient="row")
+            part = absorb_and_fit(y[mask], x[mask], [e[mask] for e in effects], users[mask])
+            b, s = float(part.beta[0]), float(np.sqrt(part.cov[0, 0]))
+            p = float(2 * stats.t.sf(abs(b / s), part.df))
+            rows.append((seg, str(value), b, s, part.n_users, part.df, p))
+    by_segment = pl.DataFrame(
+        rows, schema=["segment", "value", "effect", "se", "users", "df", "p"], orient="row"
+    )
     if by_segment.height:
         p = by_segment["p"].to_numpy()
         by_segment = by_segment.with_columns(
@@ -311,6 +361,7 @@ def compare_concurrent(
         relative_effect=relative,
         n_obs=len(y),
         n_users=n_users,
+        df=fit.df,
         srm=srm,
         variance_reduction=variance_reduction,
         by_segment=by_segment,

@@ -86,9 +86,9 @@ def check_verbosity(
     effects = fixed_effects(data, period, segments)
 
     def effect(term: str, target: np.ndarray, x: np.ndarray) -> Estimate:
-        beta, cov, n_users = absorb_and_fit(target, x, effects, users)
-        se = float(np.sqrt(cov[0, 0]))
-        return Estimate.from_se(term, float(beta[0]), se, confidence=confidence, df=n_users - 1)
+        fit = absorb_and_fit(target, x, effects, users)
+        se = float(np.sqrt(fit.cov[0, 0]))
+        return Estimate.from_se(term, float(fit.beta[0]), se, confidence=confidence, df=fit.df)
 
     total = effect("total effect", y, d[:, None])
     direct = effect(f"direct effect ({mediator} held fixed)", y, np.column_stack([d, m]))
