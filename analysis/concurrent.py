@@ -211,20 +211,21 @@ def absorb_and_fit(
     k = x.shape[1] + k_fe  # the absorbed means are parameters too
     correction = n_users / (n_users - 1) * (n - 1) / (n - k)
     cov = correction * bread @ (scores.T @ scores) @ bread
-    return ClusteredFit(beta, cov, n_users, _satterthwaite_df(xd @ bread[:, 0], resid, user_idx))
+    df = _satterthwaite_df(xd @ bread[:, 0], resid, user_idx, n_users)
+    return ClusteredFit(beta, cov, n_users, df)
 
 
-def _satterthwaite_df(a: np.ndarray, resid: np.ndarray, user_idx: np.ndarray) -> float:
+def _satterthwaite_df(
+    a: np.ndarray, resid: np.ndarray, user_idx: np.ndarray, n_users: int
+) -> float:
     """Degrees of freedom of the clustered variance of ``sum(a * y)`` (see absorb_and_fit)."""
-    n_users = int(user_idx.max()) + 1
     sizes = np.bincount(user_idx, minlength=n_users).astype(float)
     pairs = float((sizes * (sizes - 1)).sum())
-    sigma2 = float(resid @ resid) / len(resid)
+    rss = float(resid @ resid)
     rho = 0.0
-    if pairs > 0 and sigma2 > 0:
+    if pairs > 0 and rss > 0:
         sum_r = np.bincount(user_idx, weights=resid, minlength=n_users)
-        within = float((sum_r**2).sum()) - float(resid @ resid)
-        rho = float(np.clip(within / pairs / sigma2, 0.0, 1.0))
+        rho = float(np.clip((float((sum_r**2).sum()) - rss) / pairs / (rss / len(resid)), 0, 1))
     sum_a = np.bincount(user_idx, weights=a, minlength=n_users)
     w = (1 - rho) * np.bincount(user_idx, weights=a * a, minlength=n_users) + rho * sum_a**2
     total = float(w.sum())
@@ -342,9 +343,11 @@ def compare_concurrent(
             if len(np.unique(d[mask])) < 2 or len(np.unique(users[mask])) < 10:
                 continue
             part = absorb_and_fit(y[mask], x[mask], [e[mask] for e in effects], users[mask])
-            b, s = float(part.beta[0]), float(np.sqrt(part.cov[0, 0]))
-            p = float(2 * stats.t.sf(abs(b / s), part.df))
-            rows.append((seg, str(value), b, s, part.n_users, part.df, p))
+            e = Estimate.from_se(
+                str(value), float(part.beta[0]), float(np.sqrt(part.cov[0, 0])),
+                confidence=confidence, df=part.df,
+            )  # fmt: skip
+            rows.append((seg, e.term, e.value, e.se, part.n_users, part.df, e.p_value))
     by_segment = pl.DataFrame(
         rows, schema=["segment", "value", "effect", "se", "users", "df", "p"], orient="row"
     )
