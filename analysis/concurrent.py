@@ -6,9 +6,9 @@ for the calendar hour and for each segment, so time and segment mix cannot leak 
 and optionally on CUPED covariates (each user's own pre-period behaviour) to cut the variance.
 Fixed effects are absorbed by demeaning (Frisch-Waugh-Lovell; alternating projections when
 there are several), which is exact and keeps millions of rows cheap; standard errors are
-clustered by user as Stata's ``vce(cluster)`` computes them. Before any of that, a
-sample-ratio-mismatch test checks that users were assigned in the proportions the rollout
-intended: if not, the comparison is not trustworthy.
+clustered by user, with Bell and McCaffrey's CR2 adjustment for the leverage of small hour
+cells. Before any of that, a sample-ratio-mismatch test checks that users were assigned in the
+proportions the rollout intended: if not, the comparison is not trustworthy.
 """
 
 from __future__ import annotations
@@ -125,9 +125,9 @@ def _demean(values: np.ndarray, cells: np.ndarray, counts: np.ndarray) -> np.nda
     return out
 
 
-def absorb(values: np.ndarray, effects: Sequence[np.ndarray]) -> tuple[np.ndarray, int]:
+def absorb(values: np.ndarray, effects: Sequence[np.ndarray]) -> np.ndarray:
     """``values`` (n x p) with every set of fixed effects in ``effects`` (one integer key per
-    row each) projected out, and the number of parameters they took.
+    row each) projected out.
 
     One set is one exact pass of demeaning. Several are additive (hour + intent + locale, not
     their interaction) and are absorbed by alternating projections, as Stata's reghdfe and
@@ -135,9 +135,7 @@ def absorb(values: np.ndarray, effects: Sequence[np.ndarray]) -> tuple[np.ndarra
     the hour with a few segments makes cells of one or two responses: most of them hold one arm
     only and drop out, the rest weigh the effect by chance, and user-clustered errors do not see
     the users who share a cell (on the simulator, hour x intent cells gave estimates 9% more
-    spread than hour cells, with 7% smaller standard errors). Parameters: the levels of every
-    set, less one per extra set (exact when the sets are connected, as calendar hours and
-    segments are in practice).
+    spread than hour cells, with 7% smaller standard errors).
     """
     sets = []
     for e in effects:
@@ -145,11 +143,10 @@ def absorb(values: np.ndarray, effects: Sequence[np.ndarray]) -> tuple[np.ndarra
         if len(idx):
             sets.append((idx, np.bincount(idx).astype(float)))
     if not sets:
-        return values.copy(), 0
-    k = sum(len(counts) for _, counts in sets) - (len(sets) - 1)
+        return values.copy()
     out = _demean(values, *sets[0])
     if len(sets) == 1:
-        return out, k
+        return out
     tol = _ABSORB_TOL * max(float(np.abs(values).max()), 1.0)
     for _ in range(_ABSORB_MAX_SWEEPS):
         for idx, counts in sets[1:] + sets[:1]:
@@ -160,7 +157,7 @@ def absorb(values: np.ndarray, effects: Sequence[np.ndarray]) -> tuple[np.ndarra
             for idx, counts in sets[1:]
             for j in range(out.shape[1])
         ):
-            return out, k
+            return out
     raise AnalysisError(
         f"the fixed effects did not converge in {_ABSORB_MAX_SWEEPS} sweeps: drop a segment "
         "or use a coarser period"
@@ -184,35 +181,94 @@ def absorb_and_fit(
     """Coefficients and clustered covariance of y on x with the fixed effects absorbed, and the
     degrees of freedom for inference on the first coefficient.
 
-    Those are not G - 1. A clustered variance is a sum over users, and when a few heavy users
-    carry much of the arm's information it is as noisy as a sum over far fewer: with 150
-    users of Pareto-distributed activity, t on G - 1 found an effect where there was none in
-    15% of runs at 5% (6.5% on these degrees of freedom, a median of 6). The degrees of
-    freedom are Satterthwaite's (Bell and McCaffrey 2002; Imbens and Kolesar 2016) for the
+    The covariance is CR2 (Bell and McCaffrey 2002), not Stata's CR1. Fitting the fixed effects
+    shrinks the residuals of whoever makes up much of a cell: a user with k of an hour's n
+    responses sees their own shock in that hour shrunk by k/n, and CR1's one correction for all
+    (n - 1) / (n - k) undoes this only on average. On a small intent, where hours hold a few
+    responses, that left the standard errors 4-10% too small (the estimate's spread over 300
+    placebo assignments of one population against the root mean square of its standard
+    errors: 1.03-1.09 per intent with CR1, 0.99-1.05 with CR2). Each user's residuals are
+    scaled by the inverse square root of their block of the residual maker, one part at a
+    time: each set of fixed effects, along the user's mean within each of its cells,
+    ``(1 - k / n) ** -0.5``; then the regressors' own leverage for that user,
+    ``(I - X_g' X_g (X'X)^-1) ** -0.5``, applied to the score. Each part is exact alone; their
+    product leaves out how they interact, which kept every standard error within 1% of exact
+    CR2 in the tests, heavy users and small cells included.
+
+    The degrees of freedom are not G - 1. A clustered variance is a sum over users, and when a
+    few heavy users carry much of the arm's information it is as noisy as a sum over far
+    fewer: with 150 users of Pareto-distributed activity, t on G - 1 found an effect where
+    there was none in 15% of runs at 5% (6.5% on these degrees of freedom, a median of 6).
+    They are Satterthwaite's (Bell and McCaffrey 2002; Imbens and Kolesar 2016) for the
     working model Imbens and Kolesar use for clusters: errors of one user correlated by a
     common rho (estimated from the residuals by moments), independent across users. Each user
-    is taken to be a small part of the fit (the leverage of the absorbed cells and of the arm
-    is left out, which errs low, i.e. conservative), so the variance is a sum of independent
-    per-user terms ``w_g`` and the degrees of freedom are ``(sum w_g)^2 / sum w_g^2``, capped
-    at G - 1.
+    is taken to be a small part of the fit (the leverage is left out here, which errs low,
+    i.e. conservative), so the variance is a sum of independent per-user terms ``w_g`` and the
+    degrees of freedom are ``(sum w_g)^2 / sum w_g^2``, capped at G - 1.
     """
     user_ids, user_idx = np.unique(users, return_inverse=True)
-    n_users, n = len(user_ids), len(y)
-    both, k_fe = absorb(np.column_stack([y, x]), effects)
+    n_users = len(user_ids)
+    both = absorb(np.column_stack([y, x]), effects)
     yd, xd = both[:, 0], both[:, 1:]
     xtx = xd.T @ xd
     if np.linalg.matrix_rank(xtx) < x.shape[1]:
         raise InsufficientDataError("the arm does not vary within the fixed-effect cells")
     beta = np.linalg.solve(xtx, xd.T @ yd)
     resid = yd - xd @ beta
-    scores = np.zeros((n_users, x.shape[1]))
-    np.add.at(scores, user_idx, xd * resid[:, None])
     bread = np.linalg.inv(xtx)
-    k = x.shape[1] + k_fe  # the absorbed means are parameters too
-    correction = n_users / (n_users - 1) * (n - 1) / (n - k)
-    cov = correction * bread @ (scores.T @ scores) @ bread
+    adjusted = resid
+    for cells in effects:
+        adjusted = _cell_adjusted(adjusted, user_idx, cells)
+    if len(effects) > 1:
+        # Each set's cells span the grand mean: count its leverage once, not once per set.
+        one_cell = np.zeros(len(y), dtype=np.int64)
+        adjusted = _cell_adjusted(adjusted, user_idx, one_cell, (len(effects) - 1) / 2)
+    scores = np.zeros((n_users, x.shape[1]))
+    np.add.at(scores, user_idx, xd * adjusted[:, None])
+    scores = _leverage_adjusted(scores, xd, bread, user_idx, n_users)
+    cov = bread @ (scores.T @ scores) @ bread
     df = _satterthwaite_df(xd @ bread[:, 0], resid, user_idx, n_users)
     return ClusteredFit(beta, cov, n_users, df)
+
+
+def _cell_adjusted(
+    resid: np.ndarray, user_idx: np.ndarray, cells: np.ndarray, power: float = -0.5
+) -> np.ndarray:
+    """``resid`` with each user's mean within each cell scaled by ``(1 - k / n) ** power`` (k
+    of the cell's n rows are the user's). At -1/2, the inverse square root of the cells' part
+    of the user's block of the residual maker, whose only eigenvalues below 1 lie along those
+    means."""
+    _, cell_idx = np.unique(cells, return_inverse=True)
+    _, block = np.unique(
+        user_idx.astype(np.int64) * (int(cell_idx.max()) + 1) + cell_idx, return_inverse=True
+    )
+    k = np.bincount(block).astype(float)[block]
+    share = k / np.bincount(cell_idx).astype(float)[cell_idx]
+    # A user alone in a cell has nothing left there to scale (the residuals sum to zero).
+    scale = np.where(share < 1, np.clip(1 - share, 1e-12, None) ** power - 1, 0.0)
+    return resid + scale * np.bincount(block, weights=resid)[block] / k
+
+
+def _leverage_adjusted(
+    scores: np.ndarray, xd: np.ndarray, bread: np.ndarray, user_idx: np.ndarray, n_users: int
+) -> np.ndarray:
+    """Each user's score ``X_g' r_g`` as ``X_g' (I - X_g B X_g') ** -0.5 r_g`` (B the bread),
+    computed in the p dimensions of the coefficients: ``X' f(X B X') = f(X' X B) X'``, and with
+    ``B = L L'``, ``f(Q B) = L'^-1 f(L' Q L) L'``."""
+    p = xd.shape[1]
+    gram = np.zeros((n_users, p, p))
+    for i in range(p):
+        for j in range(i, p):
+            gram[:, i, j] = gram[:, j, i] = np.bincount(
+                user_idx, weights=xd[:, i] * xd[:, j], minlength=n_users
+            )
+    chol = np.linalg.cholesky(bread)
+    values, vectors = np.linalg.eigh(chol.T @ gram @ chol)
+    # The users' leverages; 1 only if one user alone carries a coefficient.
+    inflate = 1 / np.sqrt(1 - np.clip(values, 0, 1 - 1e-9))
+    root = vectors @ (inflate[:, :, None] * np.swapaxes(vectors, 1, 2))
+    lifted = np.einsum("gij,gj->gi", root, scores @ chol)
+    return np.linalg.solve(chol.T, lifted.T).T
 
 
 def _satterthwaite_df(
