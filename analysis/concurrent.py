@@ -198,7 +198,8 @@ def absorb_and_fit(
     The degrees of freedom are not G - 1. A clustered variance is a sum over users, and when a
     few heavy users carry much of the arm's information it is as noisy as a sum over far
     fewer: with 150 users of Pareto-distributed activity, t on G - 1 found an effect where
-    there was none in 15% of runs at 5% (6.5% on these degrees of freedom, a median of 6).
+    there was none in 15% of runs at 5% with CR1 and 11% with CR2 (5.8% on these degrees of
+    freedom, a median of 6).
     They are Satterthwaite's (Bell and McCaffrey 2002; Imbens and Kolesar 2016) for the
     working model Imbens and Kolesar use for clusters: errors of one user correlated by a
     common rho (estimated from the residuals by moments), independent across users. Each user

@@ -1,8 +1,11 @@
-"""Least squares with standard errors clustered by unit: the estimator under the concurrent
-comparison (outcomes on model version plus fixed effects, clustered by user).
+"""Least squares with standard errors clustered by unit, for a regression an analyst writes
+down directly (outcomes on model version plus covariates, clustered by user).
 
-Cluster-robust covariance as Stata's ``vce(cluster ...)`` computes it: the small-sample factor
-G/(G-1) * (N-1)/(N-K), and t inference on G-1 degrees of freedom.
+Cluster-robust covariance as Stata's ``vce(cluster ...)`` computes it (CR1): the small-sample
+factor G/(G-1) * (N-1)/(N-K), and t inference on G-1 degrees of freedom, so results match
+Stata's. The concurrent comparison has its own estimator (absorbed fixed effects, CR2 and
+Satterthwaite degrees of freedom: :mod:`analysis.concurrent`), because its many small hour
+cells and heavy users are where CR1 on G-1 runs small.
 """
 
 from __future__ import annotations
