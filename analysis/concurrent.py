@@ -185,9 +185,10 @@ def absorb_and_fit(
     shrinks the residuals of whoever makes up much of a cell: a user with k of an hour's n
     responses sees their own shock in that hour shrunk by k/n, and CR1's one correction for all
     (n - 1) / (n - k) undoes this only on average. On a small intent, where hours hold a few
-    responses, that left the standard errors 4-10% too small (the estimate's spread over 300
-    placebo assignments of one population against the root mean square of its standard
-    errors: 1.03-1.09 per intent with CR1, 0.99-1.05 with CR2). Each user's residuals are
+    responses, that left the standard errors about 6% too small (the estimate's spread over
+    150-300 placebo assignments of a fixed population against the root mean square of its
+    standard errors, averaged over six intents: 1.03-1.10 on three populations with CR1,
+    0.99-1.06 with CR2). Each user's residuals are
     scaled by the inverse square root of their block of the residual maker, one part at a
     time: each set of fixed effects, along the user's mean within each of its cells,
     ``(1 - k / n) ** -0.5``; then the regressors' own leverage for that user,
