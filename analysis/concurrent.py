@@ -188,25 +188,23 @@ def absorb_and_fit(
     responses, that left the standard errors about 6% too small (the estimate's spread over
     150-300 placebo assignments of a fixed population against the root mean square of its
     standard errors, averaged over six intents: 1.03-1.10 on three populations with CR1,
-    0.99-1.06 with CR2). Each user's residuals are
-    scaled by the inverse square root of their block of the residual maker, one part at a
-    time: each set of fixed effects, along the user's mean within each of its cells,
-    ``(1 - k / n) ** -0.5``; then the regressors' own leverage for that user,
-    ``(I - X_g' X_g (X'X)^-1) ** -0.5``, applied to the score. Each part is exact alone; their
-    product leaves out how they interact, which kept every standard error within 1% of exact
-    CR2 in the tests, heavy users and small cells included.
+    0.99-1.06 with CR2). Each user's residuals are scaled by the inverse square root of their
+    block of the residual maker, one part at a time: each set of fixed effects, along the
+    user's mean within each of its cells, ``(1 - k / n) ** -0.5``; then the regressors' own
+    leverage for that user, ``(I - X_g' X_g (X'X)^-1) ** -0.5``, applied to the score. Each
+    part is exact alone; their product leaves out how they interact, which kept every
+    standard error within 1% of exact CR2 in the tests, heavy users and small cells included.
 
     The degrees of freedom are not G - 1. A clustered variance is a sum over users, and when a
     few heavy users carry much of the arm's information it is as noisy as a sum over far
     fewer: with 150 users of Pareto-distributed activity, t on G - 1 found an effect where
     there was none in 15% of runs at 5% with CR1 and 11% with CR2 (5.8% on these degrees of
-    freedom, a median of 6).
-    They are Satterthwaite's (Bell and McCaffrey 2002; Imbens and Kolesar 2016) for the
-    working model Imbens and Kolesar use for clusters: errors of one user correlated by a
-    common rho (estimated from the residuals by moments), independent across users. Each user
-    is taken to be a small part of the fit (the leverage is left out here, which errs low,
-    i.e. conservative), so the variance is a sum of independent per-user terms ``w_g`` and the
-    degrees of freedom are ``(sum w_g)^2 / sum w_g^2``, capped at G - 1.
+    freedom, a median of 6). They are Satterthwaite's (Bell and McCaffrey 2002; Imbens and
+    Kolesar 2016) for the working model Imbens and Kolesar use for clusters: errors of one
+    user correlated by a common rho (estimated from the residuals by moments), independent
+    across users. Each user is taken to be a small part of the fit (the leverage is left out
+    here, which errs low, i.e. conservative), so the variance is a sum of independent per-user
+    terms ``w_g`` and the degrees of freedom are ``(sum w_g)^2 / sum w_g^2``, capped at G - 1.
     """
     user_ids, user_idx = np.unique(users, return_inverse=True)
     n_users = len(user_ids)
