@@ -137,11 +137,25 @@ def absorb(values: np.ndarray, effects: Sequence[np.ndarray]) -> np.ndarray:
     the users who share a cell (on the simulator, hour x intent cells gave estimates 9% more
     spread than hour cells, with 7% smaller standard errors).
     """
+    return _absorb_sets(values, _index_sets(effects))
+
+
+_Cells = tuple[np.ndarray, np.ndarray]
+"""One set of fixed effects: each row's cell as a dense index, and the rows per cell."""
+
+
+def _index_sets(effects: Sequence[np.ndarray]) -> list[_Cells]:
+    """Each set of keys in ``effects`` as dense cell indices and counts (empty sets dropped)."""
     sets = []
     for e in effects:
         _, idx = np.unique(e, return_inverse=True)
         if len(idx):
             sets.append((idx, np.bincount(idx).astype(float)))
+    return sets
+
+
+def _absorb_sets(values: np.ndarray, sets: list[_Cells]) -> np.ndarray:
+    """:func:`absorb` on sets already indexed."""
     if not sets:
         return values.copy()
     out = _demean(values, *sets[0])
@@ -208,7 +222,8 @@ def absorb_and_fit(
     """
     user_ids, user_idx = np.unique(users, return_inverse=True)
     n_users = len(user_ids)
-    both = absorb(np.column_stack([y, x]), effects)
+    sets = _index_sets(effects)
+    both = _absorb_sets(np.column_stack([y, x]), sets)
     yd, xd = both[:, 0], both[:, 1:]
     xtx = xd.T @ xd
     if np.linalg.matrix_rank(xtx) < x.shape[1]:
@@ -217,12 +232,12 @@ def absorb_and_fit(
     resid = yd - xd @ beta
     bread = np.linalg.inv(xtx)
     adjusted = resid
-    for cells in effects:
+    for cells in sets:
         adjusted = _cell_adjusted(adjusted, user_idx, cells)
-    if len(effects) > 1:
+    if len(sets) > 1:
         # Each set's cells span the grand mean: count its leverage once, not once per set.
-        one_cell = np.zeros(len(y), dtype=np.int64)
-        adjusted = _cell_adjusted(adjusted, user_idx, one_cell, (len(effects) - 1) / 2)
+        one_cell = (np.zeros(len(y), dtype=np.int64), np.array([float(len(y))]))
+        adjusted = _cell_adjusted(adjusted, user_idx, one_cell, (len(sets) - 1) / 2)
     scores = np.zeros((n_users, x.shape[1]))
     np.add.at(scores, user_idx, xd * adjusted[:, None])
     scores = _leverage_adjusted(scores, xd, bread, user_idx, n_users)
@@ -232,18 +247,16 @@ def absorb_and_fit(
 
 
 def _cell_adjusted(
-    resid: np.ndarray, user_idx: np.ndarray, cells: np.ndarray, power: float = -0.5
+    resid: np.ndarray, user_idx: np.ndarray, cells: _Cells, power: float = -0.5
 ) -> np.ndarray:
     """``resid`` with each user's mean within each cell scaled by ``(1 - k / n) ** power`` (k
     of the cell's n rows are the user's). At -1/2, the inverse square root of the cells' part
     of the user's block of the residual maker, whose only eigenvalues below 1 lie along those
     means."""
-    _, cell_idx = np.unique(cells, return_inverse=True)
-    _, block = np.unique(
-        user_idx.astype(np.int64) * (int(cell_idx.max()) + 1) + cell_idx, return_inverse=True
-    )
+    cell_idx, counts = cells
+    _, block = np.unique(user_idx.astype(np.int64) * len(counts) + cell_idx, return_inverse=True)
     k = np.bincount(block).astype(float)[block]
-    share = k / np.bincount(cell_idx).astype(float)[cell_idx]
+    share = k / counts[cell_idx]
     # A user alone in a cell has nothing left there to scale (the residuals sum to zero).
     scale = np.where(share < 1, np.clip(1 - share, 1e-12, None) ** power - 1, 0.0)
     return resid + scale * np.bincount(block, weights=resid)[block] / k
