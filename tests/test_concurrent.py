@@ -63,17 +63,21 @@ def _dummies(*sets: np.ndarray) -> np.ndarray:
     return np.column_stack(cols)
 
 
+def _residual_maker(x: np.ndarray, dummies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The full residual maker M of OLS on x and the dummies, and x net of the dummies."""
+    full = np.column_stack([x, dummies])
+    net = x - dummies @ np.linalg.pinv(dummies) @ x
+    return np.eye(len(full)) - full @ np.linalg.pinv(full), net
+
+
 def _exact_cr2_se(
     y: np.ndarray, x: np.ndarray, dummies: np.ndarray, users: np.ndarray
 ) -> np.ndarray:
     """Bell and McCaffrey's CR2 standard errors of x's coefficients in OLS of y on x and the
     dummies, from the full residual maker M: each user's residuals premultiplied by the
     inverse square root of their block of M (pseudo-inverse where a block is singular)."""
-    m = np.eye(len(y)) - np.column_stack([x, dummies]) @ np.linalg.pinv(
-        np.column_stack([x, dummies])
-    )
+    m, xd = _residual_maker(x, dummies)
     resid = m @ y
-    xd = x - dummies @ np.linalg.pinv(dummies) @ x
     bread = np.linalg.inv(xd.T @ xd)
     meat = np.zeros((x.shape[1], x.shape[1]))
     for g in np.unique(users):
@@ -169,11 +173,9 @@ def _exact_satterthwaite_df(
     with the full residual-maker matrix M and the random-effects working model (a common
     within-user correlation, estimated from the residuals by moments)."""
     n = len(y)
-    x = np.column_stack([d, hour[:, None] == np.unique(hour)[None, :]]).astype(float)
-    m = np.eye(n) - x @ np.linalg.pinv(x)
+    m, d_tilde = _residual_maker(d[:, None], _dummies(hour))
     resid = m @ y
-    hours = x[:, 1:]
-    d_tilde = d - hours @ np.linalg.pinv(hours) @ d  # d net of the hour cells
+    d_tilde = d_tilde[:, 0]  # d net of the hour cells
     a = d_tilde / (d_tilde @ d_tilde)
     ids, idx = np.unique(users, return_inverse=True)
     member = (idx[:, None] == np.arange(len(ids))[None, :]).astype(float)
