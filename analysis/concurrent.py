@@ -4,11 +4,12 @@ A/B test by user), so the control arm is the counterfactual.
 The outcome (per response, session or user) is regressed on the arm with additive fixed effects
 for the calendar hour and for each segment, so time and segment mix cannot leak into the effect,
 and optionally on CUPED covariates (each user's own pre-period behaviour) to cut the variance.
-Fixed effects are absorbed by demeaning (Frisch-Waugh-Lovell; alternating projections when
-there are several), which is exact and keeps millions of rows cheap; standard errors are
-clustered by user, with Bell and McCaffrey's CR2 adjustment for the leverage of small hour
-cells. Before any of that, a sample-ratio-mismatch test checks that users were assigned in the
-proportions the rollout intended: if not, the comparison is not trustworthy.
+Fixed effects are absorbed by demeaning (Frisch-Waugh-Lovell; a sparse least-squares solve on
+the cells' indicators when there are several), which is exact and keeps millions of rows
+cheap; standard errors are clustered by user, with Bell and McCaffrey's CR2 adjustment for the
+leverage of small hour cells. Before any of that, a sample-ratio-mismatch test checks that
+users were assigned in the proportions the rollout intended: if not, the comparison is not
+trustworthy.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from scipy import stats
+from scipy import sparse, stats
+from scipy.sparse.linalg import lsmr
 from statsmodels.stats.multitest import multipletests
 
 from analysis.errors import AnalysisError, InsufficientDataError
@@ -112,8 +114,8 @@ class ConcurrentComparison:
         )
 
 
-_ABSORB_TOL = 1e-12
-_ABSORB_MAX_SWEEPS = 10_000
+_ABSORB_TOL = 1e-13
+"""LSMR's relative tolerance when several sets of fixed effects are absorbed together."""
 
 
 def _demean(values: np.ndarray, cells: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -130,8 +132,13 @@ def absorb(values: np.ndarray, effects: Sequence[np.ndarray]) -> np.ndarray:
     row each) projected out.
 
     One set is one exact pass of demeaning. Several are additive (hour + intent + locale, not
-    their interaction) and are absorbed by alternating projections, as Stata's reghdfe and
-    pyfixest do: demean by each set in turn until nothing moves. Additive, because interacting
+    their interaction) and are absorbed together, as one sparse least-squares problem on the
+    cells' indicators, solved by LSMR (Fong and Saunders 2011). Not by alternating projections
+    (demeaning by each set in turn until nothing moves, as reghdfe and pyfixest do by default):
+    their convergence is linear at a rate set by how the sets overlap, and three sets on 20
+    rows took 16,411 sweeps; LSMR, a Krylov method, took 22 iterations there and 15-16 on
+    200,000-1,000,000 simulated responses in 336 hours, 6 intents and 5 locales, in half the
+    time of alternating projections. Additive, because interacting
     the hour with a few segments makes cells of one or two responses: most of them hold one arm
     only and drop out, the rest weigh the effect by chance, and user-clustered errors do not see
     the users who share a cell (on the simulator, hour x intent cells gave estimates 9% more
@@ -158,24 +165,37 @@ def _absorb_sets(values: np.ndarray, sets: list[_Cells]) -> np.ndarray:
     """:func:`absorb` on sets already indexed."""
     if not sets:
         return values.copy()
-    out = _demean(values, *sets[0])
     if len(sets) == 1:
-        return out
-    tol = _ABSORB_TOL * max(float(np.abs(values).max()), 1.0)
-    for _ in range(_ABSORB_MAX_SWEEPS):
-        for idx, counts in sets[1:] + sets[:1]:
-            out = _demean(out, idx, counts)
-        # After a sweep ending with the first set, converged means no other set has a mean left.
-        if all(
-            np.abs(np.bincount(idx, weights=out[:, j], minlength=len(counts)) / counts).max() <= tol
-            for idx, counts in sets[1:]
-            for j in range(out.shape[1])
-        ):
-            return out
-    raise AnalysisError(
-        f"the fixed effects did not converge in {_ABSORB_MAX_SWEEPS} sweeps: drop a segment "
-        "or use a coarser period"
+        return _demean(values, *sets[0])
+    # Each column of the indicator matrix scaled to unit length: the Jacobi preconditioning
+    # that makes the iterations count independent of how unequal the cells are.
+    n = len(values)
+    sizes = [len(counts) for _, counts in sets]
+    offsets = np.cumsum([0, *sizes[:-1]])
+    cols = np.concatenate([idx + off for (idx, _), off in zip(sets, offsets, strict=True)])
+    scale = np.concatenate([counts**-0.5 for _, counts in sets])
+    indicators = sparse.csr_matrix(
+        (scale[cols], (np.tile(np.arange(n), len(sets)), cols)), shape=(n, sum(sizes))
     )
+    out = np.empty_like(values)
+    for j in range(values.shape[1]):
+        # conlim=0: the indicators are rank-deficient by design (every set spans the constant),
+        # which LSMR's default condition limit would mistake for an ill-posed problem.
+        coef, stop, *_ = lsmr(
+            indicators,
+            values[:, j],
+            atol=_ABSORB_TOL,
+            btol=_ABSORB_TOL,
+            conlim=0,
+            maxiter=10 * sum(sizes),
+        )
+        if stop == 7:
+            raise AnalysisError(
+                f"the fixed effects did not converge in {10 * sum(sizes)} iterations: drop a "
+                "segment or use a coarser period"
+            )
+        out[:, j] = values[:, j] - indicators @ coef
+    return out
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import pandas as pd
 import polars as pl
 import pytest
 import statsmodels.formula.api as smf
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
@@ -150,6 +150,8 @@ def test_standard_errors_are_cr2_with_heavy_users_and_small_cells(covariate):
     n=st.integers(20, 300),
     seed=st.integers(0, 2**32 - 1),
 )
+# Nearly saturated: alternating projections needed 16,411 sweeps here.
+@example(sizes=[7, 7, 10], n=20, seed=20)
 def test_absorbing_leaves_no_group_mean(sizes, n, seed):
     """After absorbing any number of fixed-effect sets, every group of every set has mean 0,
     and values already free of them are left alone."""
