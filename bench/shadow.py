@@ -23,6 +23,11 @@ and, for the runner, reading and recording the run and the last write, so it sho
 a gap is per request and how much a fixed cost that longer runs amortise. Prints the medians
 and the ratio (target >= 0.95); asserts nothing.
 
+Also the server's own mean end-to-end latency over each measurement (from its ``/metrics``
+histogram): the server shares the machine's cores with the client and with other tenants, and
+its pace moves between measurements (356-544 ms at concurrency 32 in one run), for both clients
+alike (at concurrency 32 each measurement's rate followed it).
+
 ``--contend N`` measures the client short of CPU, reproducibly: after the server has started
 (it keeps every core), the benchmark process is pinned to one core and N busy loops are started
 on that core, so the client gets about 1/(N+1) of it, as on a machine whose cores other work has
@@ -61,7 +66,7 @@ import shadow  # noqa: E402
 import warehouse  # noqa: E402
 
 from tiny_model import build_tiny_model  # noqa: E402
-from vllm_server import VllmServer  # noqa: E402
+from vllm_server import VllmServer, request_latency_totals  # noqa: E402
 
 IGNORE_EOS = {"ignore_eos": True}
 """vLLM decodes max_tokens whatever the model says: every request costs the same."""
@@ -222,6 +227,11 @@ def _short_of_cpu(loops: int) -> Iterator[int]:
             p.wait()
 
 
+def _server_totals(server: VllmServer) -> tuple[float, float]:
+    """The server's finished requests so far: seconds of end-to-end latency, and count."""
+    return request_latency_totals(httpx.get(server.metrics_url, timeout=10.0).text)
+
+
 def _paired(runner: list[float], loop: list[float]) -> str:
     """The runner / loop ratios of the same repeats: median (min-max)."""
     ratios = [r / b for r, b in zip(runner, loop, strict=True)]
@@ -271,6 +281,7 @@ def main() -> None:
         rates: dict[tuple[int, str], list[float]] = {}
         phase: dict[tuple[int, str], list[float]] = {}
         cpu: dict[tuple[int, str], list[float]] = {}
+        server_ms: dict[tuple[int, str], list[float]] = {}
         for rep in range(args.repeats):
             for c in args.concurrency:
                 order = ("loop", "runner") if rep % 2 == 0 else ("runner", "loop")
@@ -279,6 +290,7 @@ def main() -> None:
                     # change of concurrency ran up to 2x slower (the server settling), which
                     # alternation alone did not cancel.
                     asyncio.run(_loop(server.base_url, server.model, bodies[: 2 * c], c))
+                    seconds_before, count_before = _server_totals(server)
                     started = time.process_time()
                     if who == "loop":
                         rate, in_phase = asyncio.run(
@@ -296,13 +308,16 @@ def main() -> None:
                             not args.no_progress,
                         )
                     ms = (time.process_time() - started) / len(samples) * 1e3
+                    seconds_after, count_after = _server_totals(server)
+                    latency = (seconds_after - seconds_before) / (count_after - count_before)
                     rates.setdefault((c, who), []).append(rate)
                     phase.setdefault((c, who), []).append(in_phase)
                     cpu.setdefault((c, who), []).append(ms)
+                    server_ms.setdefault((c, who), []).append(latency * 1e3)
                     print(
                         f"repeat {rep + 1} concurrency {c:>3} {who:<6} {rate:7.1f} req/s"
                         f" ({in_phase:7.1f} in the request phase) {ms:5.2f} client CPU"
-                        " ms/request",
+                        f" ms/request, server latency {latency * 1e3:4.0f} ms",
                         flush=True,
                     )
     print()
@@ -314,9 +329,9 @@ def main() -> None:
     print(
         "| concurrency | minimal loop req/s | runner req/s | ratio | paired ratios: median "
         "(min-max) | request phase only: paired ratios, median (min-max) | client CPU "
-        "ms/request: loop | runner |"
+        "ms/request: loop | runner | server latency ms: loop | runner |"
     )
-    print("|---:|---:|---:|---:|---|---|---:|---:|")
+    print("|---:|---:|---:|---:|---|---|---:|---:|---:|---:|")
     for c in args.concurrency:
         loop, run = rates[(c, "loop")], rates[(c, "runner")]
         print(
@@ -324,7 +339,9 @@ def main() -> None:
             f"{statistics.median(run) / statistics.median(loop):.3f} | "
             f"{_paired(run, loop)} | {_paired(phase[(c, 'runner')], phase[(c, 'loop')])} | "
             f"{statistics.median(cpu[(c, 'loop')]):.2f} | "
-            f"{statistics.median(cpu[(c, 'runner')]):.2f} |"
+            f"{statistics.median(cpu[(c, 'runner')]):.2f} | "
+            f"{statistics.median(server_ms[(c, 'loop')]):.0f} | "
+            f"{statistics.median(server_ms[(c, 'runner')]):.0f} |"
         )
 
 

