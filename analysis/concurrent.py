@@ -177,6 +177,7 @@ def _absorb_sets(values: np.ndarray, sets: list[_Cells]) -> np.ndarray:
     indicators = sparse.csr_matrix(
         (scale[cols], (np.tile(np.arange(n), len(sets)), cols)), shape=(n, sum(sizes))
     )
+    max_iter = 10 * sum(sizes)
     out = np.empty_like(values)
     for j in range(values.shape[1]):
         # conlim=0: the indicators are rank-deficient by design (every set spans the constant),
@@ -187,11 +188,11 @@ def _absorb_sets(values: np.ndarray, sets: list[_Cells]) -> np.ndarray:
             atol=_ABSORB_TOL,
             btol=_ABSORB_TOL,
             conlim=0,
-            maxiter=10 * sum(sizes),
+            maxiter=max_iter,
         )
         if stop == 7:
             raise AnalysisError(
-                f"the fixed effects did not converge in {10 * sum(sizes)} iterations: drop a "
+                f"the fixed effects did not converge in {max_iter} iterations: drop a "
                 "segment or use a coarser period"
             )
         out[:, j] = values[:, j] - indicators @ coef

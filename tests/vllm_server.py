@@ -32,6 +32,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 HOST = "127.0.0.1"
@@ -91,10 +92,8 @@ def running_requests(metrics_text: str) -> float:
     Raises:
         ValueError: The page has no such gauge (not a vLLM server, or a renamed metric).
     """
-    for family in text_string_to_metric_families(metrics_text):
-        if family.name == RUNNING_REQUESTS_METRIC:
-            return float(sum(sample.value for sample in family.samples))
-    raise ValueError(f"no {RUNNING_REQUESTS_METRIC} gauge in the metrics text")
+    family = _family(metrics_text, RUNNING_REQUESTS_METRIC)
+    return float(sum(sample.value for sample in family.samples))
 
 
 def request_latency_totals(metrics_text: str) -> tuple[float, float]:
@@ -104,15 +103,19 @@ def request_latency_totals(metrics_text: str) -> tuple[float, float]:
     Raises:
         ValueError: The page has no such histogram.
     """
+    totals = {f"{LATENCY_METRIC}_sum": 0.0, f"{LATENCY_METRIC}_count": 0.0}
+    for sample in _family(metrics_text, LATENCY_METRIC).samples:
+        if sample.name in totals:
+            totals[sample.name] += sample.value
+    return totals[f"{LATENCY_METRIC}_sum"], totals[f"{LATENCY_METRIC}_count"]
+
+
+def _family(metrics_text: str, name: str) -> Metric:
+    """The metric family ``name`` of a ``/metrics`` page; ValueError when it has none."""
     for family in text_string_to_metric_families(metrics_text):
-        if family.name == LATENCY_METRIC:
-            totals = {"_sum": 0.0, "_count": 0.0}
-            for sample in family.samples:
-                for suffix in totals:
-                    if sample.name == LATENCY_METRIC + suffix:
-                        totals[suffix] += sample.value
-            return totals["_sum"], totals["_count"]
-    raise ValueError(f"no {LATENCY_METRIC} histogram in the metrics text")
+        if family.name == name:
+            return family
+    raise ValueError(f"no {name} metric in the metrics text")
 
 
 class VllmServer:
