@@ -23,6 +23,11 @@ and, for the runner, reading and recording the run and the last write, so it sho
 a gap is per request and how much a fixed cost that longer runs amortise. Prints the medians
 and the ratio (target >= 0.95); asserts nothing.
 
+Many short pairs (the default: 20 repeats of 256 requests, about 20 minutes) rather than a few
+long ones: the two runs of a pair are then seconds apart and meet the same weather, and the
+median of 20 paired ratios comes with a bootstrap interval (printed in brackets) that says
+whether the run can tell it from the target at all.
+
 Also the server's own mean end-to-end latency over each measurement (from its ``/metrics``
 histogram): the server shares the machine's cores with the client and with other tenants, and
 its pace moves between measurements (356-544 ms at concurrency 32 in one run), for both clients
@@ -35,7 +40,7 @@ taken. The rates then follow each client's CPU per request, and the ratio shows 
 runner's own work (parsing every event, the writes, the bar) costs where CPU is short. Without
 it, other tenants of a shared machine decide how short the client is, and they come and go.
 
-    .venv/bin/python bench/shadow.py [--requests 1024] [--repeats 5] [--max-tokens 32] [--contend 3]
+    .venv/bin/python bench/shadow.py [--requests 256] [--repeats 20] [--max-tokens 32] [--contend 3]
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+from scipy.stats import bootstrap
 
 REPO = Path(__file__).resolve().parent.parent
 # Run as `python bench/shadow.py`, this directory comes first on sys.path and this very file
@@ -233,16 +240,29 @@ def _server_totals(server: VllmServer) -> tuple[float, float]:
 
 
 def _paired(runner: list[float], loop: list[float]) -> str:
-    """The runner / loop ratios of the same repeats: median (min-max)."""
-    ratios = [r / b for r, b in zip(runner, loop, strict=True)]
-    return f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+    """The runner / loop ratios of the same repeats: median [95% percentile bootstrap interval
+    of the median] (min-max). On a machine whose noise moves single pairs by 2x, the interval
+    says whether the repeats can tell the median from the target at all."""
+    ratios = np.array([r / b for r, b in zip(runner, loop, strict=True)])
+    text = f"{np.median(ratios):.3f}"
+    if len(ratios) >= 3:
+        ci = bootstrap(
+            (ratios,), np.median, method="percentile", n_resamples=5000, random_state=0
+        ).confidence_interval
+        text += f" [{ci.low:.3f}-{ci.high:.3f}]"
+    return f"{text} ({ratios.min():.3f}-{ratios.max():.3f})"
 
 
 def main() -> None:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=1024, help="Requests per measurement.")
-    parser.add_argument("--repeats", type=int, default=5, help="Alternating repeats.")
+    parser.add_argument("--requests", type=int, default=256, help="Requests per measurement.")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=20,
+        help="Alternating repeats: many short pairs, since the paired ratios carry the noise.",
+    )
     parser.add_argument("--max-tokens", type=int, default=32, help="Tokens decoded per request.")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 128])
     parser.add_argument(
@@ -328,7 +348,8 @@ def main() -> None:
     )
     print(
         "| concurrency | minimal loop req/s | runner req/s | ratio | paired ratios: median "
-        "(min-max) | request phase only: paired ratios, median (min-max) | client CPU "
+        "[95% CI] (min-max) | request phase only: paired ratios, median [95% CI] (min-max) | "
+        "client CPU "
         "ms/request: loop | runner | server latency ms: loop | runner |"
     )
     print("|---:|---:|---:|---:|---|---|---:|---:|---:|---:|")
