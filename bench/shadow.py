@@ -40,7 +40,14 @@ taken. The rates then follow each client's CPU per request, and the ratio shows 
 runner's own work (parsing every event, the writes, the bar) costs where CPU is short. Without
 it, other tenants of a shared machine decide how short the client is, and they come and go.
 
-    .venv/bin/python bench/shadow.py [--requests 256] [--repeats 20] [--max-tokens 32] [--contend 3]
+``--isolate`` starts the server on every core but the last and runs the clients on the last, as
+in production (the runner does not share the GPU server's CPUs): the client's CPU then no
+longer competes with the server's, and the ratio shows whether the runner keeps the server as
+busy as the bare loop does. Sharing the cores (the default), the scheduler's split of 2 cores
+between the client and the server's three busy processes moves single pairs by 2x.
+
+    .venv/bin/python bench/shadow.py [--requests 256] [--repeats 20] [--max-tokens 32]
+        [--contend 3 | --isolate]
 """
 
 from __future__ import annotations
@@ -215,15 +222,20 @@ def _runner(
     return len(samples) / elapsed, span.rate(len(samples))
 
 
-@contextlib.contextmanager
-def _short_of_cpu(loops: int) -> Iterator[int]:
-    """Pin this process (every thread it has and will have) to its last allowed core, with
-    ``loops`` busy loops on that core; yields the core. Processes started before (the server)
-    keep every core."""
-    core = max(os.sched_getaffinity(0))
+def _pin(cores: set[int]) -> None:
+    """Pin every thread this process has to ``cores``; threads and processes it starts later
+    inherit them."""
     for tid in os.listdir("/proc/self/task"):
         with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
-            os.sched_setaffinity(int(tid), {core})
+            os.sched_setaffinity(int(tid), cores)
+
+
+@contextlib.contextmanager
+def _short_of_cpu(loops: int) -> Iterator[int]:
+    """Pin this process to its last allowed core, with ``loops`` busy loops on that core; yields
+    the core. Processes started before (the server) keep their cores."""
+    core = max(os.sched_getaffinity(0))
+    _pin({core})
     # Started after the pinning, the loops inherit the core.
     busy = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(loops)]
     try:
@@ -276,11 +288,25 @@ def main() -> None:
         help="Pin the benchmark's clients to one core with N busy loops on it (the server keeps "
         "every core): the clients short of CPU, reproducibly. 0 (default): no pinning.",
     )
+    parser.add_argument(
+        "--isolate",
+        action="store_true",
+        help="Start the server on every core but the last and run the clients on the last, as in "
+        "production, where the runner does not share the GPU server's CPUs. Default: the server "
+        "and the clients share every core.",
+    )
     args = parser.parse_args()
 
     samples = _samples(args.requests)
     server = VllmServer(build_tiny_model())
+    cores = os.sched_getaffinity(0)
+    if args.isolate:
+        if len(cores) < 2:
+            parser.error("--isolate needs at least 2 cores")
+        _pin(cores - {max(cores)})  # the server's processes inherit these
     server.start()
+    if args.isolate:
+        _pin({max(cores)})
     with (
         contextlib.closing(server),
         _short_of_cpu(args.contend) if args.contend else contextlib.nullcontext() as core,
@@ -290,6 +316,8 @@ def main() -> None:
         print(f"vLLM {server.base_url} ready in {server.last_start_seconds:.0f} s", flush=True)
         if core is not None:
             print(f"clients pinned to core {core} beside {args.contend} busy loops", flush=True)
+        elif args.isolate:
+            print(f"server on cores {sorted(cores - {max(cores)})}, clients on {max(cores)}")
         warehouse.migrate(wh)
         probe = shadow.HttpTarget([server.base_url], server.model, extra_body=IGNORE_EOS)
         bodies = [
@@ -342,6 +370,7 @@ def main() -> None:
                     )
     print()
     contended = f", clients on one core with {args.contend} busy loops" if args.contend else ""
+    contended += ", server and clients on separate cores" if args.isolate else ""
     print(
         f"{args.requests} requests x {args.max_tokens} tokens, {args.repeats} repeats"
         f"{contended} (medians)"
