@@ -300,13 +300,15 @@ def main() -> None:
     samples = _samples(args.requests)
     server = VllmServer(build_tiny_model())
     cores = os.sched_getaffinity(0)
+    client_core = max(cores)
+    server_cores = cores - {client_core}
     if args.isolate:
-        if len(cores) < 2:
+        if not server_cores:
             parser.error("--isolate needs at least 2 cores")
-        _pin(cores - {max(cores)})  # the server's processes inherit these
+        _pin(server_cores)  # the server's processes inherit these
     server.start()
     if args.isolate:
-        _pin({max(cores)})
+        _pin({client_core})
     with (
         contextlib.closing(server),
         _short_of_cpu(args.contend) if args.contend else contextlib.nullcontext() as core,
@@ -317,7 +319,7 @@ def main() -> None:
         if core is not None:
             print(f"clients pinned to core {core} beside {args.contend} busy loops", flush=True)
         elif args.isolate:
-            print(f"server on cores {sorted(cores - {max(cores)})}, clients on {max(cores)}")
+            print(f"server on cores {sorted(server_cores)}, clients on {client_core}", flush=True)
         warehouse.migrate(wh)
         probe = shadow.HttpTarget([server.base_url], server.model, extra_body=IGNORE_EOS)
         bodies = [
@@ -378,8 +380,7 @@ def main() -> None:
     print(
         "| concurrency | minimal loop req/s | runner req/s | ratio | paired ratios: median "
         "[95% CI] (min-max) | request phase only: paired ratios, median [95% CI] (min-max) | "
-        "client CPU "
-        "ms/request: loop | runner | server latency ms: loop | runner |"
+        "client CPU ms/request: loop | runner | server latency ms: loop | runner |"
     )
     print("|---:|---:|---:|---:|---|---|---:|---:|---:|---:|")
     for c in args.concurrency:
